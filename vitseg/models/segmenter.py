@@ -1,0 +1,193 @@
+"""Segmenter: ViT encoder with a linear or a mask-transformer decoder.
+
+Paper: Strudel et al., "Segmenter: Transformer for Semantic Segmentation", ICCV 2021.
+Reference implementation (the weights below were trained with it):
+``mmseg/models/decode_heads/segmenter_mask_head.py`` and ``fcn_head.py`` in open-mmlab/mmsegmentation
+v1.2.2 (``configs/segmenter/``).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+
+from .._registry import ADE20K_SLIDE_512, ADE20K_SLIDE_640, Weights, ZooEntry, register_model
+from .segmentor import Segmentor
+from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer
+
+__all__ = ["LinearHead", "MaskTransformerHead"]
+
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/segmenter"
+_CFG = "mmseg configs/segmenter/{} @ v1.2.2"
+
+
+class LinearHead(nn.Module):
+    """A 1x1 conv on the last feature map (mmseg's ``FCNHead`` with ``num_convs=0``)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv_seg(feats[-1])
+
+
+class MaskTransformerHead(nn.Module):
+    """Segmenter's mask transformer: class embeddings attend with patch tokens, masks are their products.
+
+    Args:
+        in_channels: width of the backbone map.
+        num_classes: number of class embeddings (output channels).
+        num_layers: transformer blocks in the decoder.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width relative to ``in_channels``.
+        drop_path_rate: stochastic depth over the decoder blocks (training only).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, num_layers: int = 2, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        # Every norm of this head uses LayerNorm's default eps 1e-5 (the backbone's is 1e-6).
+        norm_layer = partial(nn.LayerNorm, eps=1e-5)
+        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(in_channels, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=dpr[i],
+                  norm_layer=norm_layer)
+            for i in range(num_layers)
+        ])
+        self.dec_proj = nn.Linear(in_channels, in_channels)
+        self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, in_channels))
+        self.patch_proj = nn.Linear(in_channels, in_channels, bias=False)
+        self.classes_proj = nn.Linear(in_channels, in_channels, bias=False)
+        self.decoder_norm = norm_layer(in_channels)
+        self.mask_norm = norm_layer(num_classes)
+        if not self.cls_emb.is_meta:
+            trunc_normal_(self.cls_emb, std=0.02)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        b, _, h, w = x.shape
+        x = self.dec_proj(x.flatten(2).transpose(1, 2))  # (B, C, h, w) -> (B, h*w, C)
+        x = torch.cat([x, self.cls_emb.expand(b, -1, -1)], dim=1)  # patch tokens first, then classes
+        x = self.decoder_norm(self.blocks(x))
+        patches = F.normalize(self.patch_proj(x[:, : h * w]), dim=-1)
+        classes = F.normalize(self.classes_proj(x[:, h * w:]), dim=-1)
+        masks = self.mask_norm(patches @ classes.transpose(1, 2))  # (B, h*w, K), normalized over classes
+        return masks.transpose(1, 2).reshape(b, self.num_classes, h, w)
+
+
+def _build_segmenter(*, backbone: dict, head: Literal["linear", "mask"], num_classes: int,
+                     decoder_layers: int = 2, decoder_drop_path_rate: float = 0.1) -> Segmentor:
+    encoder = VisionTransformer(**backbone)
+    dim = encoder.embed_dim
+    if head == "linear":
+        decoder: nn.Module = LinearHead(dim, num_classes)
+    elif head == "mask":
+        decoder = MaskTransformerHead(dim, num_classes, num_layers=decoder_layers,
+                                      num_heads=backbone["num_heads"], drop_path_rate=decoder_drop_path_rate)
+    else:
+        raise ValueError(f"head must be 'linear' or 'mask', got {head!r}")
+    return Segmentor(encoder, decoder)
+
+
+def _backbone(size: dict, img_size: int = 512) -> dict:
+    # Segmenter taps the last block only, after the final norm (mmseg out_indices=-1, final_norm=True).
+    return dict(size, img_size=img_size, out_indices=(-1,), final_norm=True, norm_eps=1e-6, drop_path_rate=0.1)
+
+
+def _weights(path: str, miou: float, ms: float, tag: str | None = None, cfg: str = "") -> Weights:
+    return Weights(url=f"{_MMSEG}/{path}", metrics={"mIoU": miou, "mIoU_ms_flip": ms}, tag=tag,
+                   source=_CFG.format(cfg))
+
+
+register_model(ZooEntry(
+    name="segmenter_mask_vit_t16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_T16), head="mask", num_classes=150),
+    preprocess=ADE20K_SLIDE_512,
+    weights=(_weights(
+        "segmenter_vit-t_mask_8x1_512x512_160k_ade20k/"
+        "segmenter_vit-t_mask_8x1_512x512_160k_ade20k_20220105_151706-ffcf7509.pth",
+        39.99, 40.83, cfg="segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),),
+    num_params=6_713_388,
+    source=_CFG.format("segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),
+))
+
+register_model(ZooEntry(
+    name="segmenter_linear_vit_s16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_S16), head="linear", num_classes=150),
+    preprocess=ADE20K_SLIDE_512,
+    weights=(_weights(
+        "segmenter_vit-s_linear_8x1_512x512_160k_ade20k/"
+        "segmenter_vit-s_linear_8x1_512x512_160k_ade20k_20220105_151713-39658c46.pth",
+        45.75, 46.82, cfg="segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),),
+    num_params=22_041_366,
+    source=_CFG.format("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
+))
+
+register_model(ZooEntry(
+    name="segmenter_mask_vit_s16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_S16), head="mask", num_classes=150),
+    preprocess=ADE20K_SLIDE_512,
+    weights=(_weights(
+        "segmenter_vit-s_mask_8x1_512x512_160k_ade20k/"
+        "segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth",
+        46.19, 47.85, cfg="segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),),
+    num_params=26_033_964,
+    source=_CFG.format("segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),
+))
+
+register_model(ZooEntry(
+    name="segmenter_mask_vit_b16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_B16), head="mask", num_classes=150),
+    preprocess=ADE20K_SLIDE_512,
+    weights=(_weights(
+        "segmenter_vit-b_mask_8x1_512x512_160k_ade20k/"
+        "segmenter_vit-b_mask_8x1_512x512_160k_ade20k_20220105_151706-bc533b08.pth",
+        49.60, 51.07, cfg="segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),),
+    num_params=102_497_580,
+    source=_CFG.format("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),
+))
+
+register_model(ZooEntry(
+    name="segmenter_mask_vit_l16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_L16, img_size=640), head="mask", num_classes=150),
+    preprocess=ADE20K_SLIDE_640,
+    weights=(
+        # January 2022 checkpoint: the one mmseg 0.21-0.25 and every 1.x release list.
+        _weights("segmenter_vit-l_mask_8x1_512x512_160k_ade20k/"
+                 "segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be.pth",
+                 52.16, 53.65, tag="jan22", cfg="segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py"),
+        # June 2022 retrain published with mmseg 0.26-0.30 (same architecture and keys).
+        Weights(url=f"{_MMSEG}/segmenter_vit-l_mask_8x1_640x640_160k_ade20k/"
+                    "segmenter_vit-l_mask_8x1_640x640_160k_ade20k_20220614_024513-4783a347.pth",
+                metrics={"mIoU": 51.65, "mIoU_ms_flip": 53.58}, tag="jun22",
+                source="mmseg 0.30.0 configs/segmenter/segmenter_vit-l_mask_8x1_640x640_160k_ade20k.py"),
+    ),
+    num_params=333_234_476,
+    source=_CFG.format("segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py"),
+    notes="Crop 640, stride 608, test scale (2560, 640).",
+))
+
+register_model(ZooEntry(
+    name="segmenter_linear_vit_b16_ade20k",
+    build=_build_segmenter,
+    arch=dict(backbone=_backbone(VIT_B16), head="linear", num_classes=150),
+    preprocess=ADE20K_SLIDE_512,
+    weights=(),
+    num_params=86_434_560 + 768 * 150 + 150,
+    source="segmenter_vit-s_fcn config scaled to ViT-B (architecture only)",
+    notes="mmsegmentation never released a ViT-B linear Segmenter checkpoint (the config existed only "
+          "on a pull-request branch); this entry is the architecture alone.",
+))

@@ -1,0 +1,80 @@
+"""The encoder-decoder wrapper shared by every family: backbone -> (neck) -> decode head -> resize."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Segmentor", "check_image_tensor"]
+
+
+def check_image_tensor(x: torch.Tensor, in_chans: int = 3) -> None:
+    """Raise a clear error unless ``x`` is a floating (B, C, H, W) batch with ``in_chans`` channels."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected a torch.Tensor image batch, got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
+        raise ValueError(f"Expected a 4D (B, {in_chans}, H, W) tensor, got shape {tuple(x.shape)}.{hint}")
+    if x.shape[1] != in_chans:
+        hint = " Channels-last input? Use x.permute(0, 3, 1, 2)." if x.shape[-1] == in_chans else ""
+        raise ValueError(f"Expected {in_chans} channels in dim 1, got shape {tuple(x.shape)}.{hint}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Expected a floating-point tensor normalized with the entry's mean/std, got {x.dtype}. "
+            "Convert with x.float() and normalize (see model.entry.preprocess), or use vitseg.predict().")
+
+
+class Segmentor(nn.Module):
+    """Backbone, optional neck and decode head; ``forward`` returns logits at the input's size.
+
+    This is mmseg's ``EncoderDecoder.encode_decode``: the head's logits are resized bilinearly
+    (``align_corners=False``) to the input's height and width.
+
+    Args:
+        backbone: returns a list of feature maps.
+        decode_head: maps the (neck's) feature list to class logits.
+        neck: optional module between backbone and head.
+        auxiliary_head: optional training head (its logits are returned too in training mode).
+    """
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
+                 auxiliary_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.decode_head = decode_head
+        self.auxiliary_head = auxiliary_head
+        self.entry = None  # set by create_model: the ZooEntry this model was built from
+        self.weights = None  # set by create_model when pretrained weights were loaded
+
+    @property
+    def num_classes(self) -> int:
+        return self.decode_head.num_classes
+
+    def extract_feat(self, x: torch.Tensor) -> list:
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, num_classes, H, W) for a normalized image batch (B, 3, H, W).
+
+        In training mode with an auxiliary head, returns ``(logits, aux_logits)``.
+        """
+        check_image_tensor(x, self.backbone.patch_embed.proj.in_channels)
+        feats = self.extract_feat(x)
+        logits = resize_to(self.decode_head(feats), x.shape[-2:])
+        if self.training and self.auxiliary_head is not None:
+            return logits, resize_to(self.auxiliary_head(feats), x.shape[-2:])
+        return logits
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write ``config.json``, ``model.safetensors`` and a model card (see :func:`vitseg.save_pretrained`)."""
+        from .._hub import save_pretrained
+        save_pretrained(self, save_directory, **kwargs)
+
+
+def resize_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=False`` (no-op when the size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

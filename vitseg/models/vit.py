@@ -1,0 +1,159 @@
+"""Plain ViT backbone with timm's modules and parameter names, and mmsegmentation's semantics.
+
+Reference: ``mmseg/models/backbones/vit.py`` in open-mmlab/mmsegmentation (v1.2.2, identical inference
+math to v0.16-v1.1.2 apart from the patch-embed bias, which we keep: every released checkpoint has it).
+
+What follows mmseg for parity (zoo-spec §2):
+* inputs whose sides are not multiples of the patch size are zero-padded at the bottom/right;
+* the position table is resized at forward to the (padded) token grid with bicubic interpolation,
+  ``align_corners=False`` and no antialiasing, the cls row untouched;
+* the optional final norm runs once, after the last block, so only the last out index sees it.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block
+
+__all__ = ["VisionTransformer", "VIT_T16", "VIT_S16", "VIT_B16", "VIT_L16"]
+
+# Presets (never mutated): the builder kwargs of each backbone size.
+VIT_T16 = dict(embed_dim=192, depth=12, num_heads=3)
+VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6)
+VIT_B16 = dict(embed_dim=768, depth=12, num_heads=12)
+VIT_L16 = dict(embed_dim=1024, depth=24, num_heads=16)
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder that returns NCHW feature maps of selected blocks.
+
+    Args:
+        img_size: size the position table was trained for (its grid is ``img_size // patch_size``).
+        patch_size: side of the square patches.
+        in_chans: input channels.
+        embed_dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: hidden width of the MLP relative to ``embed_dim``.
+        qkv_bias: whether the qkv projection has a bias.
+        norm_eps: LayerNorm epsilon (1e-6 for most mmseg models, 1e-5 for DPT).
+        out_indices: blocks whose outputs are returned (negative indices count from the end).
+        final_norm: apply a LayerNorm (``norm``) after the last block.
+        output_cls_token: return ``(map, cls_token)`` pairs instead of maps.
+        drop_path_rate: stochastic depth, linearly increasing over blocks (training only).
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int] = 512,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        out_indices: Sequence[int] = (2, 5, 8, 11),
+        final_norm: bool = False,
+        output_cls_token: bool = False,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.out_indices = tuple(i % depth for i in out_indices)
+        self.output_cls_token = output_cls_token
+        if any(not 0 <= i < depth for i in out_indices if i >= 0):
+            raise ValueError(f"out_indices {tuple(out_indices)} must lie in [0, {depth})")
+
+        # Padding is done in forward (mmseg pads the normalized image with zeros, bottom/right).
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            bias=True, flatten=False, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
+                  norm_layer=norm_layer)
+            for i in range(depth)
+        ])
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Truncated-normal init for the tables (the blocks keep timm's init)."""
+        if self.pos_embed.is_meta:
+            return
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+
+    def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        # mmseg resizes whenever the token count differs; we resize whenever the grid differs, which
+        # is the same on every reachable input (mmseg would silently reuse a 32x32 table for 16x64).
+        if grid == self.grid_size:
+            return self.pos_embed
+        # (1, 1 + h*w, C): bicubic, align_corners=False, no antialias, cls row kept (zoo-spec §2.3).
+        return resample_abs_pos_embed(
+            self.pos_embed, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=1,
+            interpolation="bicubic", antialias=False, align_corners=False)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None
+                              ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
+        """NCHW maps of the blocks in ``indices`` (default ``out_indices``), in that order.
+
+        With ``output_cls_token`` each item is ``(map, cls)`` with ``cls`` of shape (B, C).
+        """
+        indices = self.out_indices if indices is None else tuple(i % len(self.blocks) for i in indices)
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % p, 0, -h % p))  # zero pad bottom/right to a multiple of the patch
+        x = self.patch_embed(x)  # (B, C, Hp, Wp)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, C, Hp, Wp) -> (B, N, C)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self._pos_embed(grid)
+
+        outs: dict[int, object] = {}
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == last:
+                x = self.norm(x)  # mmseg applies the final norm after the last block only
+            if i in indices:
+                fmap = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, N, C) -> (B, C, Hp, Wp)
+                outs[i] = (fmap, x[:, 0]) if self.output_cls_token else fmap
+            if i >= max(indices):
+                break  # later blocks would not change any returned map
+        return [outs[i] for i in indices]
+
+    def forward(self, x: torch.Tensor) -> list:
+        """Features of ``out_indices`` (see :meth:`forward_intermediates`)."""
+        return self.forward_intermediates(x)
+
+    @property
+    def num_tokens_table(self) -> int:
+        """Rows of the position table (cls included)."""
+        return self.pos_embed.shape[1]
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, out_indices={self.out_indices}"
+
+
+def grid_side(num_tokens: int) -> int:
+    """Side of the square grid of a position table with one cls row."""
+    side = math.isqrt(num_tokens - 1)
+    if side * side != num_tokens - 1:
+        raise ValueError(f"A position table of {num_tokens} rows is not 1 cls row + a square grid")
+    return side
