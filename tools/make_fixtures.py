@@ -1,0 +1,209 @@
+"""Record mmsegmentation 1.2.2 outputs of tiny, randomly initialized models as parity fixtures.
+
+Runs in the mmseg reference venv (never in vitseg's):
+
+    bash ../shared/mmseg-reference/setup.sh
+    ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_fixtures.py            # all tiny fixtures
+    ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_fixtures.py --full DIR # full-size, not committed
+
+For each fixture it builds the mmseg config with shrunken widths (``SyncBN`` -> ``BN``,
+``patch_bias=True`` because mmseg 1.2.x silently drops the patch-embed bias, zoo-spec §2.10), gives every
+parameter and buffer seeded non-trivial values (norm weights around 1 but not 1, positive running
+variances), and writes:
+
+* ``<name>.pth``: the checkpoint, laid out like a released mmseg file (``meta`` + ``state_dict``);
+* ``<name>_io.pt``: inputs and mmseg's logits for each case;
+* ``manifest.json``: how vitseg builds the matching model and what each case runs.
+
+Tests compare vitseg against these files and never import mmseg. Families add their entries to
+``FIXTURES`` below.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmcv_ext_stub  # noqa: E402,F401  (must come before mmcv / mmseg)
+
+import torch  # noqa: E402
+from mmengine import Config  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+CONFIGS = os.path.join(os.path.dirname(__import__("mmseg").__file__), ".mim", "configs")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
+
+
+def _segmenter_tiny(head: str, img: int) -> dict:
+    backbone = dict(embed_dims=32, num_layers=4, num_heads=2, img_size=(img, img))
+    if head == "mask":
+        decode = dict(in_channels=32, channels=32, embed_dims=32, num_heads=2, num_classes=7)
+    else:
+        decode = dict(in_channels=32, channels=32, num_classes=7)
+    return dict(backbone=backbone, decode_head=decode)
+
+
+def _segmenter_vitseg(img: int) -> dict:
+    return dict(backbone=dict(embed_dim=32, depth=4, num_heads=2, img_size=img), num_classes=7)
+
+
+# name -> config, tiny overrides of the mmseg model, the vitseg model + overrides, and the cases.
+# A case: input (B, H, W), mode "whole" (encode_decode) or "slide" (crop, stride).
+_SLIDE_48 = [
+    dict(name="square", shape=(1, 48, 48), mode="whole"),
+    dict(name="odd", shape=(1, 45, 61), mode="whole"),
+    dict(name="slide", shape=(1, 50, 110), mode="slide", crop=(48, 48), stride=(32, 32)),
+]
+FIXTURES: dict[str, dict] = {
+    "segmenter_mask_vit_t16": dict(
+        config="segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py",
+        tiny=_segmenter_tiny("mask", 48), model="segmenter_mask_vit_t16_ade20k",
+        vitseg=_segmenter_vitseg(48), cases=_SLIDE_48),
+    "segmenter_linear_vit_s16": dict(
+        config="segmenter/segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py",
+        tiny=_segmenter_tiny("linear", 48), model="segmenter_linear_vit_s16_ade20k",
+        vitseg=_segmenter_vitseg(48), cases=_SLIDE_48),
+    "segmenter_mask_vit_l16": dict(
+        config="segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py",
+        tiny=_segmenter_tiny("mask", 64), model="segmenter_mask_vit_l16_ade20k",
+        vitseg=_segmenter_vitseg(64),
+        cases=[dict(name="square", shape=(1, 64, 64), mode="whole"),
+               dict(name="odd", shape=(1, 45, 61), mode="whole"),
+               dict(name="slide", shape=(2, 70, 130), mode="slide", crop=(64, 64), stride=(60, 60))]),
+}
+
+# Full-size checks (``--full DIR``): every zoo config at its real width, random weights.
+_FULL_CASES = [dict(name="s512", shape=(1, 512, 512), mode="whole"),
+               dict(name="s512x683", shape=(1, 512, 683), mode="whole")]
+FULL: dict[str, dict] = {
+    "segmenter_mask_vit_t16": dict(config=FIXTURES["segmenter_mask_vit_t16"]["config"],
+                                   model="segmenter_mask_vit_t16_ade20k"),
+    "segmenter_linear_vit_s16": dict(config=FIXTURES["segmenter_linear_vit_s16"]["config"],
+                                     model="segmenter_linear_vit_s16_ade20k"),
+    "segmenter_mask_vit_s16": dict(config="segmenter/segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py",
+                                   model="segmenter_mask_vit_s16_ade20k"),
+    "segmenter_mask_vit_b16": dict(config="segmenter/segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py",
+                                   model="segmenter_mask_vit_b16_ade20k"),
+    "segmenter_mask_vit_l16": dict(config=FIXTURES["segmenter_mask_vit_l16"]["config"],
+                                   model="segmenter_mask_vit_l16_ade20k"),
+}
+_SEGMENTER_FULL_CASES = _FULL_CASES + [
+    dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
+
+
+def _merge(cfg: dict, upd: dict) -> None:
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            _merge(cfg[k], v)
+        else:
+            cfg[k] = v
+
+
+def _replace_syncbn(obj):
+    if isinstance(obj, dict):
+        return {k: ("BN" if k == "type" and v == "SyncBN" else _replace_syncbn(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_syncbn(v) for v in obj]
+    return obj
+
+
+def build_mmseg(config: str, tiny: dict | None) -> torch.nn.Module:
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
+    model_cfg = _replace_syncbn(copy.deepcopy(cfg.model.to_dict()))
+    model_cfg.pop("data_preprocessor", None)
+    model_cfg["pretrained"] = None
+    model_cfg["backbone"]["init_cfg"] = None
+    model_cfg["backbone"]["patch_bias"] = True  # mmseg 1.2.x drops it; released checkpoints have it
+    if tiny:
+        _merge(model_cfg, tiny)
+    model = MODELS.build(model_cfg)
+    return model.eval()
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Seeded, non-trivial values for every floating parameter and buffer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                new = torch.rand(t.shape, generator=g) * 1.5 + 0.5
+            elif t.ndim == 1 and name.endswith("weight"):  # LayerNorm / BatchNorm scale
+                new = 1 + 0.2 * torch.randn(t.shape, generator=g)
+            elif t.ndim == 1:  # biases, running means
+                new = 0.2 * torch.randn(t.shape, generator=g)
+            elif name.endswith(("pos_embed", "cls_token", "cls_emb")):
+                new = 0.5 * torch.randn(t.shape, generator=g)
+            else:  # weights scaled by fan-in so activations stay O(1) through the depth
+                fan_in = t[0].numel() if "resize_layers" not in name else t.shape[0] * t[0, 0].numel()
+                new = torch.randn(t.shape, generator=g) / math.sqrt(fan_in)
+            t.copy_(new)
+
+
+@torch.no_grad()
+def run_case(model: torch.nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
+    metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]),
+                  pad_shape=tuple(x.shape[-2:]))] * x.shape[0]
+    if case["mode"] == "whole":
+        return model.encode_decode(x, metas)
+    from mmengine.config import ConfigDict
+    model.test_cfg = ConfigDict(mode="slide", crop_size=tuple(case["crop"]), stride=tuple(case["stride"]))
+    return model.slide_inference(x, [dict(m) for m in metas])
+
+
+def make(name: str, spec: dict, cases: list[dict], out_dir: str, seed: int, tiny: bool) -> dict:
+    model = build_mmseg(spec["config"], spec.get("tiny") if tiny else None)
+    randomize(model, seed)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = dict(mmseg_version=__import__("mmseg").__version__, config=spec["config"], seed=seed,
+                CLASSES=[f"class{i}" for i in range(model.decode_head.num_classes)])
+    torch.save(dict(meta=meta, state_dict=sd), os.path.join(out_dir, f"{name}.pth"))
+    g = torch.Generator().manual_seed(seed + 1)
+    io = {}
+    for case in cases:
+        x = torch.randn(case["shape"][0], 3, *case["shape"][1:], generator=g)
+        io[f"{case['name']}.input"] = x.contiguous()
+        io[f"{case['name']}.output"] = run_case(model, x, case).contiguous()
+        print(f"  {name}/{case['name']}: in {tuple(x.shape)} out {tuple(io[case['name'] + '.output'].shape)} "
+              f"max|logit| {io[case['name'] + '.output'].abs().max():.3f}")
+    torch.save(io, os.path.join(out_dir, f"{name}_io.pt"))
+    assert not mmcv_ext_stub.STUB_CALLS, mmcv_ext_stub.STUB_CALLS
+    return dict(model=spec["model"], overrides=spec.get("vitseg", {}) if tiny else {},
+                checkpoint=f"{name}.pth", io=f"{name}_io.pt", cases=cases,
+                config=spec["config"], seed=seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", metavar="DIR", help="write full-size fixtures to DIR (not committed)")
+    parser.add_argument("--only", nargs="*", help="fixture names to (re)make")
+    args = parser.parse_args(argv)
+    register_all_modules()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out_dir = args.full or OUT
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
+    table = FULL if args.full else FIXTURES
+    for name, spec in sorted(table.items()):
+        if args.only and name not in args.only:
+            continue
+        cases = spec.get("cases") or (
+            _SEGMENTER_FULL_CASES if name.startswith("segmenter") else _FULL_CASES)
+        if args.full:
+            cases = spec.get("full_cases", cases if "cases" not in spec else cases)
+        print(f"{name} ({spec['config']})")
+        manifest[name] = make(name, spec, cases, out_dir, seed=zlib.crc32(name.encode()) % 100_000, tiny=not args.full)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
