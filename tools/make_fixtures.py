@@ -197,8 +197,6 @@ def main(argv: list[str] | None = None) -> None:
             continue
         cases = spec.get("cases") or (
             _SEGMENTER_FULL_CASES if name.startswith("segmenter") else _FULL_CASES)
-        if args.full:
-            cases = spec.get("full_cases", cases if "cases" not in spec else cases)
         print(f"{name} ({spec['config']})")
         manifest[name] = make(name, spec, cases, out_dir, seed=zlib.crc32(name.encode()) % 100_000, tiny=not args.full)
     with open(manifest_path, "w") as f:

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import Block
 
 from .._registry import ADE20K_SLIDE_512, ADE20K_SLIDE_640, Weights, ZooEntry, register_model
 from .segmentor import Segmentor
-from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer
+from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, _linspace
 
 __all__ = ["LinearHead", "MaskTransformerHead"]
 
@@ -56,7 +56,7 @@ class MaskTransformerHead(nn.Module):
         self.num_classes = num_classes
         # Every norm of this head uses LayerNorm's default eps 1e-5 (the backbone's is 1e-6).
         norm_layer = partial(nn.LayerNorm, eps=1e-5)
-        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        dpr = _linspace(drop_path_rate, num_layers)
         self.blocks = nn.Sequential(*[
             Block(in_channels, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=dpr[i],
                   norm_layer=norm_layer)

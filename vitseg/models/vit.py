@@ -73,7 +73,9 @@ class VisionTransformer(nn.Module):
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.out_indices = tuple(i % depth for i in out_indices)
         self.output_cls_token = output_cls_token
-        if any(not 0 <= i < depth for i in out_indices if i >= 0):
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if any(not -depth <= i < depth for i in out_indices):
             raise ValueError(f"out_indices {tuple(out_indices)} must lie in [0, {depth})")
 
         # Padding is done in forward (mmseg pads the normalized image with zeros, bottom/right).
@@ -83,7 +85,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = _linspace(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
                   norm_layer=norm_layer)
@@ -149,6 +151,11 @@ class VisionTransformer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, out_indices={self.out_indices}"
+
+
+def _linspace(end: float, n: int) -> list[float]:
+    """``n`` evenly spaced rates from 0 to ``end`` (plain floats, so meta-device builds work)."""
+    return [end * i / (n - 1) for i in range(n)] if n > 1 else [0.0] * n
 
 
 def grid_side(num_tokens: int) -> int:

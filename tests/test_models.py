@@ -1,0 +1,79 @@
+"""Every registered entry, built tiny: shapes, gradients, round trips, schema, full-size param counts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vitseg
+from conftest import tiny_overrides
+from vitseg._registry import NAME_RE
+
+NAMES = vitseg.list_models()
+
+
+def tiny_model(name: str) -> torch.nn.Module:
+    return vitseg.create_model(name, **tiny_overrides(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_odd_input(name: str) -> None:
+    model = tiny_model(name)
+    x = torch.randn(2, 3, 61, 83)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 5, 61, 83)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = tiny_model(name).train()
+    out = model(torch.randn(2, 3, 48, 64))
+    logits = out[0] if isinstance(out, tuple) else out
+    (logits.square().mean() + (out[1].square().mean() if isinstance(out, tuple) else 0)).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"no gradient reaches: {no_grad}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_and_safetensors_round_trip(name: str, tmp_path) -> None:
+    model = tiny_model(name)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    other = vitseg.create_model(name, checkpoint_path=path, **tiny_overrides(name))
+    sd, sd2 = model.state_dict(), other.state_dict()
+    assert sd.keys() == sd2.keys() == load_file(str(path)).keys()
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), other(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_schema(name: str) -> None:
+    entry = vitseg.get_entry(name)
+    assert NAME_RE.match(name)
+    json.dumps(entry.to_dict())  # arch, preprocess and weights are JSON-serializable
+    assert entry.num_params > 0 and entry.source
+    assert len(entry.class_names) == len(entry.palette) == entry.arch["num_classes"]
+    pre = entry.preprocess
+    assert len(pre.mean) == len(pre.std) == 3 and pre.mode in ("whole", "slide")
+    if not entry.weights:
+        assert entry.notes, "architecture-only entries must say why they have no weights"
+    for w in entry.weights:
+        assert w.url.startswith("https://download.openmmlab.com/mmsegmentation/v0.5/")
+        assert w.hash_prefix and len(w.hash_prefix) == 8
+        assert w.metrics["mIoU"] > 0 and w.metrics["mIoU_ms_flip"] >= w.metrics["mIoU"]
+        assert (w.tag is None) == (len(entry.weights) == 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_full_size_param_count(name: str) -> None:
+    entry = vitseg.get_entry(name)
+    with torch.device("meta"):
+        model = entry.build(**entry.arch)
+    learnable = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("auxiliary_head."))
+    assert learnable == entry.num_params
