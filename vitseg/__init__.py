@@ -1,15 +1,44 @@
-"""vitseg: mmsegmentation's ViT-based ADE20K models in plain PyTorch."""
+"""vitseg: mmsegmentation's ViT-based ADE20K models in plain PyTorch.
+
+The public API is loaded on first use (PEP 562), so ``vitseg --help`` answers without importing
+torch; touching any of it imports torch, timm and the model families (which registers the zoo).
+"""
 from __future__ import annotations
 
-from . import models  # noqa: F401  (registers the zoo)
-from ._factory import create_model
-from ._registry import Preprocess, Weights, ZooEntry, get_entry, list_models, register_model
-from .eval.inference import slide_inference, whole_inference
-from .models.segmentor import Segmentor
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__", "create_model", "list_models", "get_entry", "register_model", "ZooEntry", "Weights",
-    "Preprocess", "Segmentor", "slide_inference", "whole_inference",
-]
+# public name -> module that defines it
+_API = {
+    "create_model": "._factory",
+    "list_models": "._registry", "get_entry": "._registry", "register_model": "._registry",
+    "ZooEntry": "._registry", "Weights": "._registry", "Preprocess": "._registry",
+    "Segmentor": ".models.segmentor",
+    "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
+}
+_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "viz")
+
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:
+    from ._factory import create_model
+    from ._registry import Preprocess, Weights, ZooEntry, get_entry, list_models, register_model
+    from .eval.inference import slide_inference, whole_inference
+    from .models.segmentor import Segmentor
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        importlib.import_module(".models", __name__)  # registers every zoo entry
+        value = getattr(importlib.import_module(_API[name], __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'vitseg' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API, *_SUBMODULES])

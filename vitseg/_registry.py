@@ -214,8 +214,9 @@ def resolve_name(name: str) -> tuple[ZooEntry, str | None]:
     if base not in _REGISTRY:
         close = difflib.get_close_matches(base, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        family = base.split("_")[0] or "*"
-        raise ValueError(f"Unknown model '{name}'.{hint} See vitseg.list_models('{family}*').")
+        family = base.split("_")[0]
+        where = f"'{family}*'" if any(n.startswith(family + "_") for n in _REGISTRY) else ""
+        raise ValueError(f"Unknown model '{name}'.{hint} See vitseg.list_models({where}).")
     entry = _REGISTRY[base]
     if tag:
         entry.get_weights(tag)  # validates the tag

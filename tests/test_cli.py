@@ -1,0 +1,69 @@
+"""The ``vitseg`` command line: instant help, listing, conversion, one-line user errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitseg
+from conftest import FIXTURES, load_manifest
+from vitseg._factory import _merge
+from vitseg._registry import unregister_model
+from vitseg.cli import main
+
+T16 = load_manifest()["segmenter_mask_vit_t16"]
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys\nfrom vitseg.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported by --help'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_list_and_info(capsys) -> None:
+    assert main(["list", "segmenter_mask*", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    assert "segmenter_mask_vit_l16_ade20k.jun22" in out and "51.65" in out and "53.58" in out
+    assert main(["info", "segmenter_mask_vit_b16_ade20k"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"][0]["metrics"]["mIoU"] == 49.6
+
+
+@pytest.fixture
+def tiny_entry():
+    entry = vitseg.get_entry("segmenter_mask_vit_t16_ade20k")
+    arch = _merge(entry.arch, T16["overrides"])
+    tiny = dataclasses.replace(entry, name="segmenter_mask_vit_t16_clitest", arch=arch)
+    vitseg.register_model(tiny)
+    yield tiny.name
+    unregister_model(tiny.name)
+
+
+def test_convert_mmseg(tiny_entry, tmp_path, capsys) -> None:
+    dst = tmp_path / "out" / "model.safetensors"
+    assert main(["convert", "mmseg", os.path.join(FIXTURES, T16["checkpoint"]), str(dst), "--model", tiny_entry]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ref = vitseg.create_model(tiny_entry, checkpoint_path=os.path.join(FIXTURES, T16["checkpoint"])).state_dict()
+    sd = load_file(str(dst))
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
+    assert not any(p.name.endswith(".partial") for p in dst.parent.iterdir())
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "vitseg", "info", "segmenter_mask_vit_b16_ade20K"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Did you mean: segmenter_mask_vit_b16_ade20k" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vitseg", "--verbose", "info", "nope"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_convert_mmseg_requires_model(tmp_path, capsys) -> None:
+    assert main(["convert", "mmseg", os.path.join(FIXTURES, T16["checkpoint"]), str(tmp_path / "x.safetensors")]) == 2
+    assert "needs --model" in capsys.readouterr().err
