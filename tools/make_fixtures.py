@@ -76,6 +76,22 @@ FIXTURES: dict[str, dict] = {
         cases=[dict(name="square", shape=(1, 64, 64), mode="whole"),
                dict(name="odd", shape=(1, 45, 61), mode="whole"),
                dict(name="slide", shape=(2, 70, 130), mode="slide", crop=(64, 64), stride=(60, 60))]),
+    # DPT: img 32 gives a 2x2 table that every case resizes; 45x61 and 50x80 make the stride-2 level round
+    # up, so the fusion blocks resize their skips. ``rescale`` shrinks the first tokens (variance ~1e-4)
+    # so that the backbone's LayerNorm eps (1e-5, not 1e-6) changes the logits well beyond tolerance.
+    "dpt_vit_b16": dict(
+        config="dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py",
+        tiny=dict(backbone=dict(embed_dims=32, num_layers=4, num_heads=2, img_size=32,
+                                out_indices=(0, 1, 2, 3)),
+                  decode_head=dict(in_channels=(32,) * 4, channels=16, embed_dims=32,
+                                   post_process_channels=[8, 16, 16, 32], num_classes=7)),
+        rescale={"backbone.patch_embed.": 0.01, "backbone.pos_embed": 0.01, "backbone.cls_token": 0.01},
+        model="dpt_vit_b16_ade20k",
+        vitseg=dict(backbone=dict(embed_dim=32, depth=4, num_heads=2, img_size=32, out_indices=[0, 1, 2, 3]),
+                    channels=16, post_process_channels=[8, 16, 16, 32], num_classes=7),
+        cases=[dict(name="square", shape=(1, 64, 64), mode="whole"),
+               dict(name="odd", shape=(1, 45, 61), mode="whole"),
+               dict(name="batch2", shape=(2, 50, 80), mode="whole")]),
 }
 
 # Full-size checks (``--full DIR``): every zoo config at its real width, random weights.
@@ -92,6 +108,7 @@ FULL: dict[str, dict] = {
                                    model="segmenter_mask_vit_b16_ade20k"),
     "segmenter_mask_vit_l16": dict(config=FIXTURES["segmenter_mask_vit_l16"]["config"],
                                    model="segmenter_mask_vit_l16_ade20k"),
+    "dpt_vit_b16": dict(config=FIXTURES["dpt_vit_b16"]["config"], model="dpt_vit_b16_ade20k"),
 }
 _SEGMENTER_FULL_CASES = _FULL_CASES + [
     dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
@@ -161,6 +178,11 @@ def run_case(model: torch.nn.Module, x: torch.Tensor, case: dict) -> torch.Tenso
 def make(name: str, spec: dict, cases: list[dict], out_dir: str, seed: int, tiny: bool) -> dict:
     model = build_mmseg(spec["config"], spec.get("tiny") if tiny else None)
     randomize(model, seed)
+    with torch.no_grad():  # optional per-fixture scaling of some tensors (see "dpt_vit_b16")
+        for key, t in model.state_dict().items():
+            for prefix, factor in spec.get("rescale", {}).items():
+                if key.startswith(prefix):
+                    t.mul_(factor)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     meta = dict(mmseg_version=__import__("mmseg").__version__, config=spec["config"], seed=seed,
                 CLASSES=[f"class{i}" for i in range(model.decode_head.num_classes)])

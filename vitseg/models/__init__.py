@@ -1,4 +1,5 @@
 """Model families; importing this package registers every zoo entry."""
+from . import dpt  # noqa: F401  (registers entries)
 from . import segmenter  # noqa: F401  (registers entries)
 from .segmentor import Segmentor
 from .vit import VisionTransformer

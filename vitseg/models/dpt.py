@@ -1,0 +1,202 @@
+"""DPT: a ViT encoder with a convolutional decoder that reassembles four token maps into a pyramid.
+
+Paper: Ranftl et al., "Vision Transformers for Dense Prediction", ICCV 2021.
+Reference implementation (the weights below were trained with it):
+``mmseg/models/decode_heads/dpt_head.py`` in open-mmlab/mmsegmentation v1.2.2
+(https://github.com/open-mmlab/mmsegmentation/blob/v1.2.2/mmseg/models/decode_heads/dpt_head.py), config
+``configs/_base_/models/dpt_vit-b16.py``. Parameter names follow mmseg's so that the converter is the
+identity for the head (zoo-spec §5.5).
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvNormAct
+
+from .._registry import ADE20K_WHOLE_512, Weights, ZooEntry, register_model
+from .segmentor import Segmentor
+from .vit import VIT_B16, VIT_L16, VisionTransformer
+
+__all__ = ["DPTHead", "ReassembleBlocks", "FeatureFusionBlock", "PreActResidualConvUnit"]
+
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/dpt"
+_CFG = "mmseg configs/dpt/{} @ v1.2.2"
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool) -> ConvNormAct:
+    # A plain conv kept under ``.conv`` (mmseg's ConvModule without norm and activation).
+    return ConvNormAct(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias,
+                       apply_norm=False)
+
+
+class ReassembleBlocks(nn.Module):
+    """Token maps (+ cls tokens) of four ViT blocks -> a pyramid at strides 4, 8, 16 and 32.
+
+    Args:
+        embed_dim: width of the ViT tokens.
+        out_channels: channels of each level after its 1x1 projection.
+        readout_type: how the cls token enters the maps; only ``"project"`` (DPT's ADE20K setting) is
+            implemented.
+    """
+
+    def __init__(self, embed_dim: int, out_channels: Sequence[int],
+                 readout_type: Literal["project"] = "project") -> None:
+        super().__init__()
+        if readout_type != "project":
+            raise ValueError(f"readout_type must be 'project' (the only one any DPT checkpoint uses), "
+                             f"got {readout_type!r}")
+        if len(out_channels) != 4:
+            raise ValueError(f"post_process_channels needs 4 values, got {list(out_channels)}")
+        self.readout_projects = nn.ModuleList([
+            nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) for _ in out_channels])
+        self.projects = nn.ModuleList([_conv(embed_dim, c, 1, bias=True) for c in out_channels])
+        c0, c1, _, c3 = out_channels
+        self.resize_layers = nn.ModuleList([
+            nn.ConvTranspose2d(c0, c0, kernel_size=4, stride=4),  # x4
+            nn.ConvTranspose2d(c1, c1, kernel_size=2, stride=2),  # x2
+            nn.Identity(),
+            nn.Conv2d(c3, c3, kernel_size=3, stride=2, padding=1),  # /2, rounding up
+        ])
+
+    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        outs = []
+        for i, (x, cls) in enumerate(feats):
+            b, c, h, w = x.shape
+            x = x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+            # mmseg concatenates [token, cls] in this order before the 2C -> C projection.
+            x = torch.cat([x, cls[:, None].expand_as(x)], dim=-1)
+            x = self.readout_projects[i](x).transpose(1, 2).reshape(b, c, h, w)  # (B, h*w, C) -> (B, C, h, w)
+            outs.append(self.resize_layers[i](self.projects[i](x)))
+        return outs
+
+
+class PreActResidualConvUnit(nn.Module):
+    """``x + BN(conv(ReLU(BN(conv(ReLU(x))))))``: the residual adds the input before any activation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(channels, channels, 3, padding=1, bias=False, apply_act=False)
+        self.conv2 = ConvNormAct(channels, channels, 3, padding=1, bias=False, apply_act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not in place: mmseg's in-place ReLU works on a clone, so the un-activated x is what is added.
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FeatureFusionBlock(nn.Module):
+    """Fuse the running map with a skip level, refine, upsample x2 and project (1x1 conv with bias).
+
+    Args:
+        channels: width of both inputs and of the output.
+        with_skip: whether the block takes a skip level (``res_conv_unit1`` exists only then).
+    """
+
+    def __init__(self, channels: int, with_skip: bool = True) -> None:
+        super().__init__()
+        self.project = _conv(channels, channels, 1, bias=True)
+        self.res_conv_unit1 = PreActResidualConvUnit(channels) if with_skip else None
+        self.res_conv_unit2 = PreActResidualConvUnit(channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            if self.res_conv_unit1 is None:
+                raise ValueError("This fusion block was built without a skip input (with_skip=False)")
+            if skip.shape != x.shape:
+                # Odd grids: the stride-2 level rounds up, so the skip (not the main path) is resized.
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + self.res_conv_unit1(skip)
+        x = self.res_conv_unit2(x)
+        # The one align_corners=True resize of the zoo (the block's own default, not the head's flag).
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.project(x)
+
+
+class DPTHead(nn.Module):
+    """DPT decoder: reassemble four ViT levels, fuse them coarse to fine, classify at stride 2.
+
+    Args:
+        embed_dim: width of the ViT tokens.
+        num_classes: output channels.
+        channels: width of the fusion path.
+        post_process_channels: channels of the four reassembled levels (strides 4, 8, 16, 32).
+        readout_type: how the cls token is used (``"project"`` only).
+        dropout_ratio: dropout before ``conv_seg`` (training only).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, *, channels: int = 256,
+                 post_process_channels: Sequence[int] = (96, 192, 384, 768),
+                 readout_type: Literal["project"] = "project", dropout_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.reassemble_blocks = ReassembleBlocks(embed_dim, post_process_channels, readout_type)
+        self.convs = nn.ModuleList([_conv(c, channels, 3, bias=False) for c in post_process_channels])
+        # mmseg deletes fusion_blocks[0].res_conv_unit1: the coarsest block has no skip input.
+        self.fusion_blocks = nn.ModuleList([
+            FeatureFusionBlock(channels, with_skip=i > 0) for i in range(len(post_process_channels))])
+        self.project = ConvNormAct(channels, channels, 3, padding=1, bias=False)  # conv, BN, ReLU
+        self.dropout = nn.Dropout2d(dropout_ratio)
+        self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        if len(feats) != len(self.convs) or not all(isinstance(f, (tuple, list)) for f in feats):
+            raise ValueError(f"DPTHead expects {len(self.convs)} (map, cls_token) pairs; build the "
+                             "backbone with output_cls_token=True and four out_indices")
+        levels = [conv(x) for conv, x in zip(self.convs, self.reassemble_blocks(feats))]
+        x = self.fusion_blocks[0](levels[-1])
+        for block, skip in zip(self.fusion_blocks[1:], reversed(levels[:-1])):
+            x = block(x, skip)
+        return self.conv_seg(self.dropout(self.project(x)))  # stride 2 w.r.t. the (padded) input
+
+
+def _build_dpt(*, backbone: dict, num_classes: int, channels: int = 256,
+               post_process_channels: Sequence[int] = (96, 192, 384, 768),
+               readout_type: Literal["project"] = "project") -> Segmentor:
+    if not backbone.get("output_cls_token", False):
+        raise ValueError("DPT's readout needs the cls token: set backbone output_cls_token=True")
+    encoder = VisionTransformer(**backbone)
+    head = DPTHead(encoder.embed_dim, num_classes, channels=channels,
+                   post_process_channels=post_process_channels, readout_type=readout_type)
+    return Segmentor(encoder, head)
+
+
+def _backbone(size: dict, img_size: int, out_indices: tuple[int, ...]) -> dict:
+    # DPT's config gives the ViT no norm_cfg, so its LayerNorms keep PyTorch's eps 1e-5 (zoo-spec §2.1);
+    # the 224 (or 384) position table is resized to the token grid at every forward.
+    return dict(size, img_size=img_size, out_indices=out_indices, norm_eps=1e-5, final_norm=False,
+                output_cls_token=True)
+
+
+register_model(ZooEntry(
+    name="dpt_vit_b16_ade20k",
+    build=_build_dpt,
+    arch=dict(backbone=_backbone(VIT_B16, 224, (2, 5, 8, 11)), channels=256,
+              post_process_channels=[96, 192, 384, 768], num_classes=150),
+    preprocess=ADE20K_WHOLE_512,
+    weights=(Weights(
+        url=f"{_MMSEG}/dpt_vit-b16_512x512_160k_ade20k/dpt_vit-b16_512x512_160k_ade20k-db31cf52.pth",
+        metrics={"mIoU": 46.97, "mIoU_ms_flip": 48.34},
+        source=_CFG.format("dpt_vit-b16_8xb2-160k_ade20k-512x512.py")),),
+    num_params=109_705_046,
+    source=_CFG.format("dpt_vit-b16_8xb2-160k_ade20k-512x512.py"),
+))
+
+register_model(ZooEntry(
+    name="dpt_vit_l16_ade20k",
+    build=_build_dpt,
+    arch=dict(backbone=_backbone(VIT_L16, 384, (5, 11, 17, 23)), channels=256,
+              post_process_channels=[256, 512, 1024, 1024], num_classes=150),
+    preprocess=ADE20K_WHOLE_512,
+    weights=(),
+    num_params=342_148_758,
+    source="draft of open-mmlab/mmsegmentation PR #605 (configs/dpt/dpt_vit-l16_512x512_160k_ade20k.py), "
+           "never merged (architecture only)",
+    notes="mmsegmentation never released a DPT ViT-L checkpoint: no released version has its config, and "
+          "the URL in circulation (dpt_vit-l16_512x512_160k_ade20k-7b753ca6.pth) comes from an unmerged "
+          "draft of PR #605. The official isl-org/DPT ADE20K weights (dpt_large-ade20k-b12dca68.pt) are a "
+          "different model (other key layout, LayerNorm eps, position-table resize and normalization) and "
+          "do not load here. This entry is the architecture alone; train it or load an mmseg-format "
+          "checkpoint of your own.",
+))
