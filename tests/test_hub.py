@@ -206,18 +206,18 @@ def test_mirror_serving_a_wrong_file_under_a_real_zoo_name(home, tmp_path, monke
 _CHILD = textwrap.dedent("""
     import hashlib, sys, time
     from pathlib import Path
-    sys.path.insert(0, {tests!r})
     import _hubtools as ht, vitseg
-    name, url, spec, go = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    name, url, spec, go, repeat = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
     vitseg.register_model(ht.make_entry(name, url))
-    print("ready", flush=True)
-    while not go.exists():
-        time.sleep(0.02)
-    model = vitseg.create_model(spec, pretrained=spec == name)
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode()); h.update(v.numpy().tobytes())
-    print("digest", h.hexdigest(), model.weights.url, flush=True)
+    for i in range(repeat):
+        print("ready", flush=True)
+        while not go.with_suffix(f".{i}").exists():
+            time.sleep(0.02)
+        model = vitseg.create_model(spec, pretrained=spec == name)
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode()); h.update(v.numpy().tobytes())
+        print("digest", h.hexdigest(), model.weights.url, flush=True)
 """)
 
 
@@ -229,20 +229,30 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _spawn(name: str, url: str, spec: str, go: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A child process that registers the tiny entry, waits for ``go`` to exist, then loads ``spec``."""
-    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=str(Path(__file__).parent)),
-                             name, url, spec, str(go)], env={**os.environ, **env, "PYTHONPATH": path},
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _spawn(name: str, url: str, spec: str, go: Path, env: dict[str, str], repeat: int = 1) -> subprocess.Popen:
+    """A child that registers the tiny entry, then ``repeat`` times: says "ready", waits for the file
+    ``go.<i>``, loads ``spec`` and prints the digest of its weights."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-c", _CHILD,
+                             name, url, spec, str(go), str(repeat)], env={**os.environ, **env, "PYTHONPATH": path},
+                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
-def _finish(proc: subprocess.Popen) -> tuple[str, str]:
-    """Wait for a child; return its (digest, weights url)."""
-    out, err = proc.communicate(timeout=120)
+def _step(proc: subprocess.Popen, go: Path, i: int) -> tuple[str, str]:
+    """Let a ready child run its step ``i``; return its (digest, weights url)."""
+    assert proc.stdout.readline().strip() == "ready"
+    go.with_suffix(f".{i}").touch()
+    line = proc.stdout.readline().split()
+    if not line or line[0] != "digest":
+        proc.kill()
+        pytest.fail(f"child failed: {proc.communicate()[1]}")
+    return line[1], line[2]
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    [line] = [ln for ln in out.splitlines() if ln.startswith("digest")]
-    return line.split()[1], line.split()[2]
 
 
 def test_two_processes_fetch_once(home, server, tmp_path):
@@ -253,8 +263,11 @@ def test_two_processes_fetch_once(home, server, tmp_path):
     procs = [_spawn(name, url, name, go, {"VITSEG_HOME": str(home)}) for _ in range(2)]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
-    go.touch()  # both children are imported and registered: start them together
-    assert [_finish(p) for p in procs] == [(_digest(source), url)] * 2
+    go.with_suffix(".0").touch()  # both children are imported and registered: start them together
+    for p in procs:
+        line = p.stdout.readline().split()
+        _finish(p)
+        assert line[1:] == [_digest(source), url]
     assert server.gets[f"/segmenter/{path.name}"] == 1
     assert _files(home / name) == ["model.safetensors", "source.json"]
 
@@ -300,19 +313,20 @@ def test_export_zoo(home, server, register, tmp_path):
 
 def test_hf_hub_through_huggingface_hub(home, server, register, tmp_path):
     # The folder is served as <endpoint>/<org>/<repo>/resolve/main/<file> and read by hf_hub_download in
-    # child processes (huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, at import).
+    # a child process (huggingface_hub reads HF_ENDPOINT once, at import).
     source, _, url = _publish(server, seed=6)
     name = register(url)
     vitseg.create_model(name, pretrained=True).save_pretrained(server.root / "org" / "tiny" / "resolve" / "main")
     env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1",
            "VITSEG_HOME": str(home)}
     go = tmp_path / "go"
-    go.touch()
-    assert _finish(_spawn(name, url, "hf-hub:org/tiny", go, env)) == (_digest(source), url)
+    child = _spawn(name, url, "hf-hub:org/tiny", go, env, repeat=2)
+    assert _step(child, go, 0) == (_digest(source), url)
     assert server.gets["/org/tiny/resolve/main/model.safetensors"] == 1
-    server.stop()  # now only huggingface_hub's cache can serve it
-    offline = _finish(_spawn(name, url, "hf-hub:org/tiny", go, {**env, "HF_HUB_OFFLINE": "1"}))
-    assert offline == (_digest(source), url)
+    server.stop()  # from now on only huggingface_hub's cache can serve the folder
+    assert _step(child, go, 1) == (_digest(source), url)
+    _finish(child)
+    assert list((tmp_path / "hf" / "hub").glob("models--org--tiny/snapshots/*/model.safetensors"))
 
 
 # ----------------------------------------------------------------------------- ImageNet backbones
