@@ -180,6 +180,8 @@ def _stream(url: str, out: Any, label: str, hint: str) -> str:
         raise err(f"Could not download {url}: HTTP {e.code} {e.reason}. {hint}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, FileNotFoundError):  # file:// URL (a local mirror) without that file
+            raise FileNotFoundError(f"Could not download {url}: no such file. {hint}") from None
         raise ConnectionError(f"Could not download {url}: {reason}. Check the network (or HF_HUB_OFFLINE / "
                               f"VITSEG_MMSEG_MIRROR). {hint}") from None
     h = hashlib.sha256()
@@ -261,7 +263,7 @@ def _from_hf_hub(weights: Weights) -> dict[str, torch.Tensor] | None:
     """The converted weights from ``weights.hf_hub_id`` (huggingface_hub's cache), or ``None``."""
     from huggingface_hub import hf_hub_download
     try:
-        path = hf_hub_download(weights.hf_hub_id, "model.safetensors")
+        path = hf_hub_download(weights.hf_hub_id, "model.safetensors", local_files_only=_offline())
     except Exception as e:  # noqa: BLE001 - any hub failure falls back to the original file
         _logger.warning("Could not get %s from the Hugging Face Hub (%s); using %s instead.",
                         weights.hf_hub_id, e, weights.url)
@@ -283,7 +285,8 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
             _check_hash(sha256, weights.url, expected=weights.sha256, hint="")
         except ValueError:
             raise ValueError(f"{manual} (placed by hand) has SHA-256 {sha256}, which is not that of "
-                             f"{weights.url}. Delete or replace it; vitseg then downloads the file itself.") from None
+                             f"{weights.url}. Delete or replace it; vitseg then downloads the file itself."
+                             ) from None
     else:
         source_url = mmseg_url(weights.url)
         try:
@@ -297,7 +300,8 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
         if weights.format == "mmseg":
             # Keep the auxiliary head in the cache; the caller drops it when its model has none.
             sd = convert_mmseg(sd, keep_auxiliary=True)
-        _save_safetensors(sd, folder / "model.safetensors", metadata={"source_url": weights.url, "sha256": sha256})
+        _save_safetensors(sd, folder / "model.safetensors",
+                          metadata={"source_url": weights.url, "sha256": sha256})
         from . import __version__
         _write_json(folder / "source.json", {
             "url": weights.url, "downloaded_from": source_url, "sha256": sha256, "format": weights.format,
@@ -326,7 +330,7 @@ def load_pretrained_weights(entry: ZooEntry, weights: Weights, *, keep_auxiliary
     """
     folder = cache_dir(entry, weights)
     sd = _read_cached(folder, weights)
-    if sd is None and weights.hf_hub_id and not _offline():
+    if sd is None and weights.hf_hub_id:
         sd = _from_hf_hub(weights)
     if sd is None:
         with _lock(folder):
@@ -498,8 +502,9 @@ def _hf_folder(spec: str) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of ``org/repo[@revision]``; return their folder."""
     from huggingface_hub import hf_hub_download
     repo_id, _, revision = spec.partition("@")
-    config = hf_hub_download(repo_id, "config.json", revision=revision or None)
-    hf_hub_download(repo_id, "model.safetensors", revision=revision or None)
+    kw = dict(revision=revision or None, local_files_only=_offline())
+    config = hf_hub_download(repo_id, "config.json", **kw)
+    hf_hub_download(repo_id, "model.safetensors", **kw)
     return Path(config).parent
 
 
@@ -549,7 +554,8 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
 
 
@@ -558,7 +564,8 @@ def export_zoo(out_dir: str | os.PathLike, names: list[str] | None = None) -> li
 
     Args:
         out_dir: parent folder of the exported models.
-        names: ``name[.tag]`` items to export (default: every released checkpoint, ``list_models(pretrained=True)``).
+        names: ``name[.tag]`` items to export (default: every released checkpoint,
+            ``list_models(pretrained=True)``).
     """
     from ._factory import create_model
     out = Path(out_dir).expanduser()
