@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn as nn
@@ -164,7 +164,7 @@ def _check_hash(sha256: str, url: str, *, expected: str | None, hint: str) -> No
                          f"corrupt or not the published one; it was deleted. {hint}")
 
 
-def _stream(url: str, out: Any, label: str, hint: str) -> str:
+def _stream(url: str, out: BinaryIO, label: str, hint: str) -> str:
     """Copy ``url`` to the open binary file ``out`` with a progress bar; return its SHA-256."""
     from tqdm.auto import tqdm
     if _offline() and not url.startswith("file:"):
