@@ -59,11 +59,12 @@ def tiny_arch() -> dict:
     return dict(arch, backbone=dict(arch["backbone"], **TINY_BACKBONE), num_classes=NUM_CLASSES)
 
 
-def make_entry(name: str, url: str, sha256: str | None = None) -> ZooEntry:
+def make_entry(name: str, url: str, sha256: str | None = None, format: str = "mmseg") -> ZooEntry:
     """A tiny test entry whose one checkpoint lives at ``url``."""
     base = vitseg.get_entry(BASE)
+    weights = Weights(url=url, metrics=dict(METRICS), sha256=sha256, format=format)
     return ZooEntry(name=name, build=base.build, arch=tiny_arch(), preprocess=base.preprocess,
-                    weights=(Weights(url=url, metrics=dict(METRICS), sha256=sha256),), source="test")
+                    weights=(weights,), source="test")
 
 
 def random_model(seed: int) -> torch.nn.Module:

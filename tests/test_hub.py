@@ -46,9 +46,9 @@ def register():
     """register(url, sha256=None) -> a fresh tiny entry name; unregistered at teardown."""
     names = []
 
-    def _register(url: str, sha256: str | None = None) -> str:
+    def _register(url: str, sha256: str | None = None, format: str = "mmseg") -> str:
         name = f"segmenter_mask_vit_t16_hubtest{os.getpid()}x{next(_names)}"
-        vitseg.register_model(ht.make_entry(name, url, sha256))
+        vitseg.register_model(ht.make_entry(name, url, sha256, format))
         names.append(name)
         return name
 
@@ -103,6 +103,18 @@ def test_download_converts_caches_and_works_offline(home, server, register, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     again = vitseg.create_model(name, pretrained=True)
     _same_weights(again.state_dict(), source.state_dict())
+
+
+def test_weights_already_in_vitseg_format(home, server, register):
+    source = ht.random_model(8)
+    file = server.root / "tiny.safetensors"
+    file.parent.mkdir(parents=True)
+    _hub._save_safetensors(source.state_dict(), file)
+    sha256 = ht.sha256_of(file)
+    file = file.rename(file.with_name(f"tiny_8-{sha256[:8]}.safetensors"))
+    name = register(f"{server.url}/{file.name}", sha256=sha256, format="vitseg")
+    _same_weights(vitseg.create_model(name, pretrained=True).state_dict(), source.state_dict())
+    assert json.loads((home / name / "source.json").read_text())["sha256"] == sha256
 
 
 @pytest.mark.parametrize("case", ["name_suffix", "full_sha256"])
