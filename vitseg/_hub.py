@@ -68,9 +68,14 @@ def mmseg_url(url: str) -> str:
     return url
 
 
+def _full_name(entry: ZooEntry, weights: Weights | None) -> str:
+    """``name[.tag]``: what ``create_model`` takes to load these weights."""
+    return f"{entry.name}.{weights.tag}" if weights is not None and weights.tag else entry.name
+
+
 def cache_dir(entry: ZooEntry, weights: Weights) -> Path:
     """``<home>/<name>[.<tag>]``: where the converted weights of one checkpoint live."""
-    return vitseg_home() / (f"{entry.name}.{weights.tag}" if weights.tag else entry.name)
+    return vitseg_home() / _full_name(entry, weights)
 
 
 def _offline() -> bool:
@@ -275,8 +280,7 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
     """Get the original file (hand-placed or downloaded), verify, convert, cache; call under the lock."""
     from .convert import convert_mmseg
     file_name = weights.url.rsplit("/", 1)[-1]
-    name = f"{entry.name}.{weights.tag}" if weights.tag else entry.name
-    hint = _manual_hint(folder, file_name, name)
+    hint = _manual_hint(folder, file_name, _full_name(entry, weights))
     manual = folder / file_name
     if manual.is_file():
         source_url, path = manual.as_uri(), manual
@@ -394,16 +398,16 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
     backbone = getattr(model, "backbone", model)
     if not isinstance(backbone, VisionTransformer):
         raise TypeError(f"Expected a vitseg model with a ViT backbone, got {type(backbone).__name__}.")
+    if format not in ("timm", "jax"):
+        raise ValueError(f"format must be 'timm' or 'jax', got {format!r}")
     path = _local_file(path_or_url)
     img_size = tuple(g * backbone.patch_size for g in backbone.grid_size)
     if format == "timm":
         sd = convert_timm(_timm_state_dict(path), img_size=img_size)
-    elif format == "jax":
+    else:
         import numpy as np
         with np.load(path, allow_pickle=False) as npz:
             sd = convert_jax({k: npz[k] for k in npz.files}, img_size=img_size)
-    else:
-        raise ValueError(f"format must be 'timm' or 'jax', got {format!r}")
     if isinstance(backbone.norm, nn.Identity):
         sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
     load_strict(backbone, sd, what=f"{format} backbone checkpoint {os.fspath(path_or_url)}")
@@ -411,11 +415,6 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
 
 
 # --------------------------------------------------------------------------- Hub folders
-
-def _display_name(model: nn.Module) -> str:
-    weights = getattr(model, "weights", None)
-    return f"{model.entry.name}.{weights.tag}" if weights is not None and weights.tag else model.entry.name
-
 
 def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
     entry, weights = model.entry, getattr(model, "weights", None)
@@ -479,7 +478,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     config = {
         "library": "vitseg",
         "vitseg_version": __version__,
-        "model": _display_name(model),
+        "model": _full_name(entry, weights),
         "arch": arch,
         "num_classes": num_classes,
         "preprocess": dataclasses.asdict(entry.preprocess),
