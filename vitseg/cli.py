@@ -156,8 +156,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_zoo(args: argparse.Namespace) -> None:
+    import vitseg
     from ._hub import export_zoo
-    for path in export_zoo(args.out, pattern=args.pattern):
+    for path in export_zoo(args.out, names=vitseg.list_models(args.pattern, pretrained=True)):
         print(f"wrote {path}")
 
 
