@@ -1,5 +1,6 @@
 """Model families; importing this package registers every zoo entry."""
 from . import segmenter  # noqa: F401  (registers entries)
+from . import upernet  # noqa: F401  (registers entries)
 from .segmentor import Segmentor
 from .vit import VisionTransformer
 
