@@ -78,6 +78,36 @@ FIXTURES: dict[str, dict] = {
                dict(name="slide", shape=(2, 70, 130), mode="slide", crop=(64, 64), stride=(60, 60))]),
 }
 
+# UPerNet (configs/vit/): plain (no neck), MultiLevelNeck, final norm + MultiLevelNeck. Tiny sizes keep
+# every structural flag; the odd case gives a 3x5 token grid (pos-embed resized, the neck's x0.5 meets
+# odd sides, the PPM bins overlap). Checkpoints keep mmseg's auxiliary FCNHead.
+def _upernet_tiny(neck: bool) -> dict:
+    tiny = dict(backbone=dict(embed_dims=16, num_layers=4, num_heads=2, img_size=(48, 48),
+                              out_indices=(0, 1, 2, 3)),
+                decode_head=dict(in_channels=[16] * 4, channels=8, num_classes=7),
+                auxiliary_head=dict(in_channels=16, channels=8, num_classes=7))
+    if neck:
+        tiny["neck"] = dict(in_channels=[16] * 4, out_channels=16)
+    return tiny
+
+
+_UPERNET_VITSEG = dict(backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=48, out_indices=(0, 1, 2, 3)),
+                       channels=8, num_classes=7)
+_UPERNET_CASES = [dict(name="square", shape=(1, 48, 48), mode="whole"),
+                  dict(name="odd", shape=(1, 45, 75), mode="whole"),
+                  dict(name="batch2", shape=(2, 33, 40), mode="whole")]
+FIXTURES.update({
+    "upernet_deit_s16": dict(
+        config="vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py", tiny=_upernet_tiny(neck=False),
+        model="upernet_deit_s16_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES),
+    "upernet_vit_b16_mln": dict(
+        config="vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py", tiny=_upernet_tiny(neck=True),
+        model="upernet_vit_b16_mln_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES),
+    "upernet_deit_b16_ln_mln": dict(
+        config="vit/vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py", tiny=_upernet_tiny(neck=True),
+        model="upernet_deit_b16_ln_mln_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES),
+})
+
 # Full-size checks (``--full DIR``): every zoo config at its real width, random weights.
 _FULL_CASES = [dict(name="s512", shape=(1, 512, 512), mode="whole"),
                dict(name="s512x683", shape=(1, 512, 683), mode="whole")]
@@ -93,6 +123,15 @@ FULL: dict[str, dict] = {
     "segmenter_mask_vit_l16": dict(config=FIXTURES["segmenter_mask_vit_l16"]["config"],
                                    model="segmenter_mask_vit_l16_ade20k"),
 }
+FULL.update({
+    f"upernet_{name}": dict(config=f"vit/{cfg}_upernet_8xb2-{sched}_ade20k-512x512.py",
+                            model=f"upernet_{name}_ade20k")
+    for name, cfg, sched in [
+        ("deit_s16", "vit_deit-s16", "80k"), ("deit_s16_mln", "vit_deit-s16_mln", "160k"),
+        ("deit_s16_ln_mln", "vit_deit-s16-ln_mln", "160k"), ("vit_b16_mln", "vit_vit-b16_mln", "80k"),
+        ("vit_b16_ln_mln", "vit_vit-b16-ln_mln", "160k"), ("deit_b16", "vit_deit-b16", "80k"),
+        ("deit_b16_mln", "vit_deit-b16_mln", "160k"), ("deit_b16_ln_mln", "vit_deit-b16-ln_mln", "160k")]
+})
 _SEGMENTER_FULL_CASES = _FULL_CASES + [
     dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
 
