@@ -35,8 +35,8 @@ def models():
         if name not in cache:
             cache.clear()  # one full-size model in memory at a time
             fx = MANIFEST[name]
-            cache[name] = vitseg.create_model(fx["model"], checkpoint_path=os.path.join(FULL, fx["checkpoint"]),
-                                              **fx["overrides"])
+            path = os.path.join(FULL, fx["checkpoint"])
+            cache[name] = vitseg.create_model(fx["model"], checkpoint_path=path, **fx["overrides"])
         return cache[name]
 
     return get
@@ -58,5 +58,6 @@ def test_matches_mmseg_full_size(models, name: str, case_name: str) -> None:
     ref = io[f"{case_name}.output"]
     assert out.shape == ref.shape
     err = (out - ref).abs().max().item()
-    print(f"{name}/{case_name}: max |Δ| {err:.3g} (tolerance {tolerance(ref):.3g}, max |ref| {ref.abs().max():.3g})")
+    print(f"{name}/{case_name}: max |Δ| {err:.3g} (tolerance {tolerance(ref):.3g}, "
+          f"max |ref| {ref.abs().max():.3g})")
     assert err <= tolerance(ref), f"max |Δ| {err:.3g} > {tolerance(ref):.3g}"

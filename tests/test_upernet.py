@@ -1,6 +1,7 @@
 """UPerNet specifics: the export-friendly PPM pooling, export, the auxiliary head, parameter counts."""
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -63,6 +64,20 @@ def test_torch_export(name: str) -> None:
     torch.testing.assert_close(exported.module()(x), model(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_onnx_export() -> None:
+    # The TorchScript-based exporter refuses adaptive_avg_pool2d whose output size does not divide the
+    # input (3x5 -> 6x6 here); the explicit bins export. Needs no onnx package; skip where it is gone.
+    name = "upernet_deit_s16_mln_ade20k"
+    model = vitseg.create_model(name, **tiny_overrides(name)).eval()
+    buf = io.BytesIO()
+    try:
+        torch.onnx.export(model, (torch.randn(1, 3, 45, 75),), buf, dynamo=False, opset_version=17)
+    except (ImportError, TypeError) as e:  # no onnx support / exporter without the TorchScript path
+        pytest.skip(f"torch.onnx TorchScript exporter unavailable: {e}")
+    assert len(buf.getvalue()) > 0
+
+
 def _fixture_model(**kwargs) -> torch.nn.Module:
     fx = MANIFEST[AUX_FIXTURE]
     return vitseg.create_model(fx["model"], checkpoint_path=os.path.join(FIXTURES, fx["checkpoint"]),
@@ -102,7 +117,8 @@ def test_checkpoint_auxiliary_head_kept_for_finetuning() -> None:
     torch.testing.assert_close(out, io["odd.output"], rtol=0, atol=1e-4)
 
 
-def _train_forward_without_noise(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_forward_without_noise(model: torch.nn.Module, x: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     # Training-mode forward (two outputs) with dropout, drop-path and batch statistics switched off.
     model.train()
     for m in model.modules():
@@ -123,8 +139,8 @@ def test_auxiliary_head_trains() -> None:
     assert model.neck.convs[3].conv.weight.grad is not None
 
 
-@pytest.mark.parametrize("name,rate", [("upernet_vit_b16_mln_ade20k", 0.0),
-                                       ("upernet_vit_b16_ln_mln_ade20k", 0.1), ("upernet_deit_s16_ade20k", 0.1)])
+@pytest.mark.parametrize("name,rate", [
+    ("upernet_vit_b16_mln_ade20k", 0.0), ("upernet_vit_b16_ln_mln_ade20k", 0.1), ("upernet_deit_s16_ade20k", 0.1)])
 def test_drop_path_follows_config(name: str, rate: float) -> None:
     assert vitseg.get_entry(name).arch["backbone"]["drop_path_rate"] == rate
     model = vitseg.create_model(name, **tiny_overrides(name))  # tiny_overrides keeps the rate

@@ -91,8 +91,9 @@ def _upernet_tiny(neck: bool) -> dict:
     return tiny
 
 
-_UPERNET_VITSEG = dict(backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=48, out_indices=(0, 1, 2, 3)),
-                       channels=8, num_classes=7)
+_UPERNET_VITSEG = dict(
+    backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=48, out_indices=(0, 1, 2, 3)),
+    channels=8, num_classes=7)
 _UPERNET_CASES = [dict(name="square", shape=(1, 48, 48), mode="whole"),
                   dict(name="odd", shape=(1, 45, 75), mode="whole"),
                   dict(name="batch2", shape=(2, 33, 40), mode="whole")]

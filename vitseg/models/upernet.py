@@ -36,13 +36,11 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> Conv
 def _pool_matrix(n: int, s: int, like: torch.Tensor) -> torch.Tensor:
     """(s, n) averaging matrix of PyTorch's adaptive pooling bins over a length-n axis."""
     # Bin i covers [floor(i*n/s), ceil((i+1)*n/s)): PyTorch's rule, overlapping when s does not divide n.
-    starts = [(i * n) // s for i in range(s)]
-    ends = [-((-(i + 1) * n) // s) for i in range(s)]
+    i = torch.arange(s, device=like.device)
+    starts, ends = (i * n) // s, ((i + 1) * n + s - 1) // s
     idx = torch.arange(n, device=like.device)
-    inside = (idx >= torch.tensor(starts, device=like.device)[:, None]) & (
-        idx < torch.tensor(ends, device=like.device)[:, None])
-    counts = torch.tensor([e - b for b, e in zip(starts, ends)], device=like.device, dtype=like.dtype)
-    return inside.to(like.dtype) / counts[:, None]
+    inside = (idx >= starts[:, None]) & (idx < ends[:, None])  # (s, n)
+    return inside.to(like.dtype) / (ends - starts).to(like.dtype)[:, None]
 
 
 def adaptive_avg_pool2d_static(x: torch.Tensor, output_size: int) -> torch.Tensor:
