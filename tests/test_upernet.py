@@ -158,3 +158,10 @@ def test_num_params(name: str) -> None:
         # it for real (about a second) rather than not check the count.
         model = vitseg.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == entry.num_params == NUM_PARAMS[name]
+
+
+def test_finetune_with_auxiliary_head_and_new_classes() -> None:
+    model = _fixture_model(auxiliary_head=True, aux_channels=8, num_classes=3).train()
+    assert model.decode_head.conv_seg.out_channels == model.auxiliary_head.conv_seg.out_channels == 3
+    out, aux = model(load_io(AUX_FIXTURE)["batch2.input"])
+    assert out.shape[1] == aux.shape[1] == 3
