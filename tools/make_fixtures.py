@@ -94,6 +94,38 @@ FIXTURES: dict[str, dict] = {
                dict(name="batch2", shape=(2, 50, 80), mode="whole")]),
 }
 
+# UPerNet (configs/vit/): plain (no neck), MultiLevelNeck, final norm + MultiLevelNeck. Tiny sizes keep
+# every structural flag; the odd case gives a 3x5 token grid (pos-embed resized, the neck's x0.5 meets
+# odd sides, the PPM bins overlap). Checkpoints keep mmseg's auxiliary FCNHead.
+def _upernet_tiny(neck: bool) -> dict:
+    tiny = dict(backbone=dict(embed_dims=16, num_layers=4, num_heads=2, img_size=(48, 48),
+                              out_indices=(0, 1, 2, 3)),
+                decode_head=dict(in_channels=[16] * 4, channels=8, num_classes=7),
+                auxiliary_head=dict(in_channels=16, channels=8, num_classes=7))
+    if neck:
+        tiny["neck"] = dict(in_channels=[16] * 4, out_channels=16)
+    return tiny
+
+
+_UPERNET_VITSEG = dict(
+    backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=48, out_indices=(0, 1, 2, 3)),
+    channels=8, num_classes=7)
+_UPERNET_CASES = [dict(name="square", shape=(1, 48, 48), mode="whole"),
+                  dict(name="odd", shape=(1, 45, 75), mode="whole"),
+                  dict(name="batch2", shape=(2, 33, 40), mode="whole")]
+FIXTURES.update({
+    "upernet_deit_s16": dict(
+        config="vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py", tiny=_upernet_tiny(neck=False),
+        model="upernet_deit_s16_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES, small_bn_var=True),
+    "upernet_vit_b16_mln": dict(
+        config="vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py", tiny=_upernet_tiny(neck=True),
+        model="upernet_vit_b16_mln_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES, small_bn_var=True),
+    "upernet_deit_b16_ln_mln": dict(
+        config="vit/vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py", tiny=_upernet_tiny(neck=True),
+        model="upernet_deit_b16_ln_mln_ade20k", vitseg=_UPERNET_VITSEG, cases=_UPERNET_CASES,
+        small_bn_var=True),
+})
+
 # Full-size checks (``--full DIR``): every zoo config at its real width, random weights.
 _FULL_CASES = [dict(name="s512", shape=(1, 512, 512), mode="whole"),
                dict(name="s512x683", shape=(1, 512, 683), mode="whole")]
@@ -110,6 +142,15 @@ FULL: dict[str, dict] = {
                                    model="segmenter_mask_vit_l16_ade20k"),
     "dpt_vit_b16": dict(config=FIXTURES["dpt_vit_b16"]["config"], model="dpt_vit_b16_ade20k"),
 }
+FULL.update({
+    f"upernet_{name}": dict(config=f"vit/{cfg}_upernet_8xb2-{sched}_ade20k-512x512.py",
+                            model=f"upernet_{name}_ade20k")
+    for name, cfg, sched in [
+        ("deit_s16", "vit_deit-s16", "80k"), ("deit_s16_mln", "vit_deit-s16_mln", "160k"),
+        ("deit_s16_ln_mln", "vit_deit-s16-ln_mln", "160k"), ("vit_b16_mln", "vit_vit-b16_mln", "80k"),
+        ("vit_b16_ln_mln", "vit_vit-b16-ln_mln", "160k"), ("deit_b16", "vit_deit-b16", "80k"),
+        ("deit_b16_mln", "vit_deit-b16_mln", "160k"), ("deit_b16_ln_mln", "vit_deit-b16-ln_mln", "160k")]
+})
 _SEGMENTER_FULL_CASES = _FULL_CASES + [
     dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
 
@@ -164,6 +205,22 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
             t.copy_(new)
 
 
+def shrink_bn_variances(model: torch.nn.Module, seed: int) -> None:
+    """Give a quarter of every BatchNorm's channels running variances near 1e-4 (scale shrunk to match).
+
+    With variances of order 1 a BatchNorm eps of 1e-6 instead of 1e-5 moves the logits by ~1e-6 and
+    no parity test could see it; near 1e-4 it moves them by a few percent.
+    """
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                k = max(1, m.num_features // 4)
+                var = 1e-4 * (1 + torch.rand(k, generator=g))
+                m.weight[:k] *= (var / m.running_var[:k]).sqrt()
+                m.running_var[:k] = var
+
+
 @torch.no_grad()
 def run_case(model: torch.nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
     metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]),
@@ -183,6 +240,8 @@ def make(name: str, spec: dict, cases: list[dict], out_dir: str, seed: int, tiny
             for prefix, factor in spec.get("rescale", {}).items():
                 if key.startswith(prefix):
                     t.mul_(factor)
+    if tiny and spec.get("small_bn_var"):
+        shrink_bn_variances(model, seed)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     meta = dict(mmseg_version=__import__("mmseg").__version__, config=spec["config"], seed=seed,
                 CLASSES=[f"class{i}" for i in range(model.decode_head.num_classes)])
