@@ -17,6 +17,7 @@ _API = {
     "ZooEntry": "._registry", "Weights": "._registry", "Preprocess": "._registry",
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
+    "save_pretrained": "._hub", "push_to_hub": "._hub",
 }
 _SUBMODULES = ("convert", "data", "eval", "metrics", "models", "viz")
 
@@ -24,6 +25,7 @@ __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
     from ._factory import create_model
+    from ._hub import push_to_hub, save_pretrained
     from ._registry import Preprocess, Weights, ZooEntry, get_entry, list_models, register_model
     from .eval.inference import slide_inference, whole_inference
     from .models.segmentor import Segmentor

@@ -91,7 +91,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
         load_checkpoint(model, checkpoint_path, num_classes=num_classes)
     elif weights is not None:
         from ._hub import load_pretrained_weights
-        sd = load_pretrained_weights(entry, weights)
+        sd = load_pretrained_weights(entry, weights,
+                                     keep_auxiliary=getattr(model, "auxiliary_head", None) is not None)
         load_state_dict_for_finetune(model, sd, num_classes=num_classes, what=f"weights of '{name}'")
         model.weights = weights
     return model.eval()

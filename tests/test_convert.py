@@ -1,0 +1,132 @@
+"""ImageNet backbone converters (vitseg.convert.timm / .jax) checked against timm itself."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from timm.models.vision_transformer import _load_weights
+
+from vitseg._checkpoint import load_strict
+from vitseg.convert import convert_jax, convert_timm
+from vitseg.models.vit import VisionTransformer
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _hubtools as ht  # noqa: E402
+
+DIM, DEPTH, HEADS = 48, 2, 3
+
+
+def _timm_vit(num_classes: int = 10, **kw) -> TimmViT:
+    torch.manual_seed(0)
+    model = TimmViT(img_size=224, patch_size=16, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+                    num_classes=num_classes, **kw).eval()
+    with torch.no_grad():  # timm zero-inits biases and the cls token; make every tensor count
+        for t in model.state_dict().values():
+            t.copy_(torch.randn_like(t) * 0.2 + (1.0 if t.ndim == 1 and t.shape[0] == DIM else 0.0))
+    return model
+
+
+def _ours(img_size: int = 224) -> VisionTransformer:
+    return VisionTransformer(img_size=img_size, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+                             out_indices=(DEPTH - 1,), final_norm=True, norm_eps=1e-6).eval()
+
+
+def _tokens(timm_model: TimmViT, x: torch.Tensor) -> torch.Tensor:
+    """timm's normalized patch tokens as an NCHW map."""
+    tokens = timm_model.forward_features(x)[:, 1:]  # (B, 1 + N, C) -> (B, N, C)
+    return tokens.transpose(1, 2).reshape(x.shape[0], DIM, x.shape[2] // 16, x.shape[3] // 16)
+
+
+def test_convert_timm_matches_timm_features():
+    ref = _timm_vit()
+    ours = _ours()
+    load_strict(ours, convert_timm(ref.state_dict()))  # strict: head.* dropped, nothing else
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], _tokens(ref, x), rtol=0, atol=1e-5)
+
+
+def test_convert_timm_resizes_pos_embed_like_mmseg():
+    sd = _timm_vit().state_dict()
+    table = sd["pos_embed"]
+    for img_size in [(320, 256), 160]:  # up to 20x16, down to 10x10
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        grid = table[:, 1:].reshape(1, 14, 14, DIM).permute(0, 3, 1, 2)
+        want = F.interpolate(grid, size=(h // 16, w // 16), mode="bicubic", align_corners=False, antialias=False)
+        want = torch.cat([table[:, :1], want.flatten(2).transpose(1, 2)], dim=1)
+        got = convert_timm(sd, img_size=img_size)["pos_embed"]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # The antialiased resize (timm's default) is a different table when shrinking.
+    aa = F.interpolate(grid, size=(10, 10), mode="bicubic", align_corners=False, antialias=True)
+    assert (aa.flatten(2).transpose(1, 2) - got[:, 1:]).abs().max() > 1e-2
+
+    ours = _ours(img_size=320)
+    load_strict(ours, convert_timm(sd, img_size=320))
+    assert ours.pos_embed.shape == (1, 1 + 20 * 20, DIM)
+
+
+def test_convert_timm_drops_classifier_and_refuses_extra_tokens():
+    sd = _timm_vit(global_pool="avg", fc_norm=True).state_dict()
+    assert {"fc_norm.weight", "head.weight"} <= set(sd)
+    out = convert_timm({f"module.{k}": v for k, v in sd.items()})
+    assert not any(k.startswith(("fc_norm", "head")) for k in out)
+    torch.testing.assert_close(out["blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"], rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="distilled DeiT"):
+        convert_timm({**sd, "dist_token": torch.randn(1, 1, DIM)})
+    with pytest.raises(ValueError, match="Unrecognized keys.*blocks.0.ls1.gamma"):
+        convert_timm({**sd, "blocks.0.ls1.gamma": torch.randn(DIM)})
+
+
+def _random_npz(path: Path, grid: int = 14) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    arrays = {k: rng.standard_normal(s).astype(np.float32) * 0.2
+              for k, s in ht.jax_npz_shapes(DIM, HEADS, DEPTH, grid).items()}
+    for k in arrays:  # LayerNorm scales around 1, as trained ones are
+        if k.endswith("/scale"):
+            arrays[k] += 1.0
+    arrays["head/kernel"] = rng.standard_normal((DIM, 10)).astype(np.float32)
+    arrays["head/bias"] = rng.standard_normal(10).astype(np.float32)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_convert_jax_matches_timm_npz_loader(tmp_path):
+    arrays = _random_npz(tmp_path / "augreg.npz")
+    ref = _timm_vit()
+    with torch.no_grad():
+        _load_weights(ref, str(tmp_path / "augreg.npz"))
+    sd = convert_jax(arrays)
+    want = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}
+    assert sd.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(sd[k], want[k], rtol=0, atol=0, msg=k)
+
+    ours = _ours()
+    load_strict(ours, sd)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], _tokens(ref, x), rtol=0, atol=1e-5)
+
+
+def test_convert_jax_resizes_and_rejects_other_layouts(tmp_path):
+    arrays = _random_npz(tmp_path / "augreg.npz", grid=24)  # AugReg res 384
+    sd = convert_jax(arrays, img_size=512)
+    table = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"])
+    assert sd["pos_embed"].shape == (1, 1 + 32 * 32, DIM)
+    torch.testing.assert_close(sd["pos_embed"], convert_timm({"pos_embed": table, "patch_embed.proj.weight":
+                                                              sd["patch_embed.proj.weight"]}, img_size=512)["pos_embed"])
+    torch.testing.assert_close(sd["pos_embed"][:, 0], table[:, 0], rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="big_vision"):
+        convert_jax({f"params/{k}": v for k, v in arrays.items()})
+    with pytest.raises(ValueError, match="Unrecognized keys.*MAPHead_0"):
+        convert_jax({**arrays, "MAPHead_0/probe": arrays["cls"]})
+    partial = {k: v for k, v in arrays.items() if "encoderblock_1/MultiHeadDotProductAttention_1/key/bias" not in k}
+    with pytest.raises(ValueError, match="blocks.1.attn.*incomplete"):
+        convert_jax(partial)

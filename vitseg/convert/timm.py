@@ -1,0 +1,76 @@
+"""timm / DeiT ImageNet ViT state dict -> vitseg backbone state dict.
+
+The vitseg backbone already uses timm's parameter names, so the table is close to the identity; what
+it adds is what mmseg does when a segmentor starts from these weights (zoo-spec §2.7, §8.1): the
+classifier is dropped and the position table is resized to the segmentation grid with bicubic
+interpolation, ``align_corners=False`` and no antialiasing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from timm.layers import resample_abs_pos_embed
+
+from ._rules import rename_keys
+
+__all__ = ["convert_timm", "resize_pos_embed", "TIMM_RULES", "IGNORED"]
+
+_BLOCK = r"^blocks\.(\d+)\."
+# fmt: off
+TIMM_RULES: list[tuple[str, str]] = [
+    (r"^(cls_token|pos_embed)$",                                     r"\1"),
+    (r"^patch_embed\.proj\.(weight|bias)$",                          r"patch_embed.proj.\1"),
+    (_BLOCK + r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", r"blocks.\1.\2.\3"),
+    (r"^norm\.(weight|bias)$",                                       r"norm.\1"),
+]
+# fmt: on
+# The classifier and the pooling-only layers have no counterpart in a dense backbone; mmseg's
+# vit2mmseg.py keeps them and its non-strict load then ignores them, which is the same as dropping.
+IGNORED: list[str] = [r"^head\.", r"^pre_logits\.", r"^fc_norm\."]
+# Extra prefix tokens would shift every position row; mmseg's ViT has exactly one (cls).
+_UNSUPPORTED = {
+    "dist_token": "a distilled DeiT checkpoint (dist_token); mmseg's DeiT configs use the non-distilled "
+                  "weights, e.g. deit_small_patch16_224-cd65a155.pth",
+    "reg_token": "a ViT with register tokens (reg_token); the mmseg ViT has only a cls token",
+}
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, img_size: int | tuple[int, int], patch_size: int
+                     ) -> torch.Tensor:
+    """Resize a ``(1, 1 + s*s, C)`` table to the grid of ``img_size`` the way mmseg's init does.
+
+    The source grid is taken as square (mmseg's ``init_weights`` assumes it too); the cls row is kept.
+    """
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    new = [h // patch_size, w // patch_size]
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    if side * side != pos_embed.shape[1] - 1:
+        raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} is not 1 cls row + a square grid; "
+                         "pass img_size=None to keep it as is.")
+    if [side, side] == new:
+        return pos_embed
+    # mmseg resize_pos_embed: bicubic, align_corners=False and, unlike timm's default, no antialias.
+    return resample_abs_pos_embed(pos_embed, new_size=new, old_size=[side, side], num_prefix_tokens=1,
+                                  interpolation="bicubic", antialias=False, align_corners=False)
+
+
+def convert_timm(state_dict: Mapping[str, torch.Tensor], *,
+                 img_size: int | tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Rename a timm/DeiT ViT state dict to the vitseg backbone's names and resize its position table.
+
+    Args:
+        state_dict: timm keys (``blocks.0.attn.qkv.weight``…); a ``module.`` prefix is stripped.
+        img_size: the backbone's ``img_size``; the position table is resized to its grid
+            (``img_size // patch``). ``None`` keeps the table as it is.
+    """
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    for key, why in _UNSUPPORTED.items():
+        if key in sd:
+            raise ValueError(f"Cannot convert {why}. Use a checkpoint with a single cls token.")
+    out = rename_keys(sd, TIMM_RULES, IGNORED, source="timm ViT checkpoint")
+    if img_size is not None and "pos_embed" in out:
+        patch = out["patch_embed.proj.weight"].shape[-1]
+        out["pos_embed"] = resize_pos_embed(out["pos_embed"], img_size, patch)
+    return out
