@@ -1,0 +1,160 @@
+"""``vitseg.predict``: one image in, a label map at its original size out (mmseg's test flow, §7)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .inference import slide_inference, whole_inference
+from .pipeline import Backend, TTA_RATIOS, load_image, normalize, rescale_uint8, tta_scales
+from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .._registry import Preprocess
+
+__all__ = ["predict", "label_map", "model_logits", "resolve_preprocess"]
+
+
+def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None) -> Preprocess:
+    """``preprocess`` if given, else ``model.entry.preprocess`` (set by :func:`vitseg.create_model`)."""
+    if preprocess is not None:
+        return preprocess
+    entry = getattr(model, "entry", None)
+    if entry is None:
+        raise ValueError("The model has no zoo entry (model.entry is None), so its test pipeline is unknown. "
+                         "Pass preprocess=vitseg.Preprocess(mean=..., std=..., resize=(2048, 512), mode='whole') "
+                         "or build the model with vitseg.create_model.")
+    return entry.preprocess
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, x: torch.Tensor, preprocess: Preprocess, *, batch_size: int = 1,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """float32 logits (B, K, h, w) of a normalized batch, whole or slide as ``preprocess.mode`` says."""
+    with _autocast(x.device, dtype):
+        if preprocess.mode == "slide":
+            logits = slide_inference(model, x, preprocess.crop_size, preprocess.stride, batch_size=batch_size)
+        else:
+            logits = whole_inference(model, x)
+    return logits.float()
+
+
+def _tta_passes(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, backend: Backend,
+                device: torch.device, batch_size: int, dtype: torch.dtype | None,
+                ratios: tuple[float, ...]) -> Iterator[tuple[torch.Tensor, bool]]:
+    """(logits at the scale's size, flipped) for each 0.x ms+flip pass, unflipped then flipped."""
+    for scale in tta_scales(tuple(preprocess.resize), ratios):
+        x = normalize(rescale_uint8(img, scale, backend=backend), preprocess.mean, preprocess.std, device)
+        for flip in (False, True):
+            logits = model_logits(model, x.flip(-1) if flip else x, preprocess, batch_size=batch_size, dtype=dtype)
+            yield logits, flip
+
+
+def _add_probs(acc: torch.Tensor, logits: torch.Tensor, flip: bool, size: tuple[int, int], r0: int, r1: int,
+               full: bool) -> None:
+    if full:
+        band = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    else:
+        band = resize_rows(logits, size, r0, r1)
+    band = band.softmax(1)
+    acc += band.flip(-1) if flip else band  # the flip is undone on the original-size map, as mmseg
+
+
+@torch.no_grad()
+def label_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: bool = False,
+              backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
+              dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+              tta_ratios: tuple[float, ...] = TTA_RATIOS) -> torch.Tensor:
+    """(H, W) int64 labels of a decoded (H, W, 3) uint8 RGB image, on ``device``.
+
+    Single scale: keep-ratio resize to ``preprocess.resize``, whole/slide inference, logits resized to
+    (H, W), argmax (never more than ``max_bytes`` of original-size logits at once).
+
+    ``tta=True``: mmseg 0.x ms+flip (zoo-spec §7.6): scales ``(int(long*r), int(short*r))`` from the
+    original image, each unflipped and flipped, softmax of the logits resized to (H, W), flips undone,
+    averaged, argmax. The original-size probability sum (K x H x W) is kept when it is smaller than the
+    12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = img.shape[:2]
+    if not tta:
+        x = normalize(rescale_uint8(img, tuple(preprocess.resize), backend=backend),
+                      preprocess.mean, preprocess.std, device)
+        logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
+        del x
+        return resized_argmax(logits, (h, w), max_bytes=max_bytes)
+    passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
+                         dtype=dtype, ratios=tuple(tta_ratios))
+    first, flip = next(passes)
+    k = first.shape[1]
+    acc_bytes = k * h * w * 4
+    full = acc_bytes <= max_bytes  # one pass resized at full size fits: exactly mmseg's arithmetic
+    scale_px = sum((int(preprocess.resize[1] * r) / min(h, w)) ** 2 for r in tta_ratios) * h * w
+    if acc_bytes <= max(max_bytes, 2 * k * 4 * scale_px):
+        # pass-major: keep the (K, H, W) probability sum
+        acc = torch.zeros(1, k, h, w, device=first.device)
+        bands = [(0, h)] if full else row_bands(h, w, k, max_bytes)
+        for logits, flip in _chain(first, flip, passes):
+            for r0, r1 in bands:
+                _add_probs(acc[:, :, r0:r1], logits, flip, (h, w), r0, r1, full)
+            del logits
+        return acc[0].argmax(0)
+    # band-major: the original-size sum would be larger than all passes' logits together
+    stored = list(_chain(first, flip, passes))
+    labels = torch.empty(h, w, dtype=torch.int64, device=first.device)
+    for r0, r1 in row_bands(h, w, k, max_bytes):
+        acc = torch.zeros(1, k, r1 - r0, w, device=first.device)
+        for logits, flip in stored:
+            _add_probs(acc, logits, flip, (h, w), r0, r1, False)
+        labels[r0:r1] = acc[0].argmax(0)
+    return labels
+
+
+def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, bool]]
+           ) -> Iterator[tuple[torch.Tensor, bool]]:
+    yield first, flip
+    yield from rest
+
+
+def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = False,
+            preprocess: Preprocess | None = None, device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None, backend: Backend = "auto", batch_size: int = 1,
+            max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """Label map (H, W) int64 (CPU) of one image at its original size, with mmseg's test pipeline.
+
+    Args:
+        model: a vitseg model (``model.entry`` gives the pipeline) or any module returning logits at its
+            input's size, with ``preprocess`` given.
+        image: a path, a PIL image, or an (H, W, 3) uint8 RGB array.
+        tta: mmseg 0.x multi-scale + flip (6 ratios x 2 flips).
+        preprocess: overrides ``model.entry.preprocess`` (mean/std, resize, whole/slide).
+        device: where to run (default: the model's device; the model is not moved).
+        dtype: ``torch.bfloat16`` / ``torch.float16`` to run the model under autocast.
+        backend: image decoding/resizing backend, ``"auto"``, ``"pillow"`` or ``"opencv"``.
+        batch_size: sliding windows per forward pass (slide mode).
+        max_bytes: bound on original-size float temporaries (huge images are processed in pieces).
+    """
+    preprocess = resolve_preprocess(model, preprocess)
+    img = load_image(image, backend=backend)
+    was_training = model.training
+    model.eval()
+    try:
+        labels = label_map(model, img, preprocess, tta=tta, backend=backend, device=device,
+                           batch_size=batch_size, dtype=dtype, max_bytes=max_bytes)
+    finally:
+        model.train(was_training)
+    return labels.cpu()
