@@ -18,6 +18,7 @@ _API = {
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
     "save_pretrained": "._hub", "push_to_hub": "._hub",
+    "predict": ".eval.predict", "evaluate": ".eval.evaluate",
 }
 _SUBMODULES = ("convert", "data", "eval", "metrics", "models", "viz")
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from ._factory import create_model
     from ._hub import push_to_hub, save_pretrained
     from ._registry import Preprocess, Weights, ZooEntry, get_entry, list_models, register_model
+    from .eval.evaluate import evaluate
+    from .eval.predict import predict
     from .eval.inference import slide_inference, whole_inference
     from .models.segmentor import Segmentor
 

@@ -1,4 +1,8 @@
-"""Inference helpers, datasets, the test pipeline and ``evaluate``."""
+"""Inference helpers, datasets, the test pipeline, ``predict`` and ``evaluate``."""
+from .datasets import ADE20K, FolderDataset
+from .evaluate import evaluate
 from .inference import slide_inference, slide_windows, whole_inference
+from .predict import predict
 
-__all__ = ["slide_inference", "slide_windows", "whole_inference"]
+__all__ = ["slide_inference", "slide_windows", "whole_inference", "ADE20K", "FolderDataset", "evaluate",
+           "predict"]

@@ -75,11 +75,15 @@ def _add_probs(acc: torch.Tensor, logits: torch.Tensor, flip: bool, size: tuple[
 
 
 @torch.no_grad()
-def label_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: bool = False,
+def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, tta: bool = False,
               backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
               dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-              tta_ratios: tuple[float, ...] = TTA_RATIOS) -> torch.Tensor:
+              tta_ratios: tuple[float, ...] = TTA_RATIOS, resized: np.ndarray | None = None,
+              size: tuple[int, int] | None = None) -> torch.Tensor:
     """(H, W) int64 labels of a decoded (H, W, 3) uint8 RGB image, on ``device``.
+
+    For single-scale runs the already rescaled uint8 image may be given as ``resized`` together with the
+    original ``size = (H, W)`` instead of ``img`` (evaluate resizes in its DataLoader workers).
 
     Single scale: keep-ratio resize to ``preprocess.resize``, whole/slide inference, logits resized to
     (H, W), argmax (never more than ``max_bytes`` of original-size logits at once).
@@ -90,10 +94,17 @@ def label_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta:
     12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    h, w = img.shape[:2]
+    if resized is not None and not tta:
+        if size is None:
+            raise ValueError("label_map(resized=...) needs the original size=(H, W)")
+        h, w = size
+    else:
+        if img is None:
+            raise ValueError("label_map needs the decoded image (img), or resized + size without tta")
+        h, w = img.shape[:2]
+        resized = None if tta else rescale_uint8(img, tuple(preprocess.resize), backend=backend)
     if not tta:
-        x = normalize(rescale_uint8(img, tuple(preprocess.resize), backend=backend),
-                      preprocess.mean, preprocess.std, device)
+        x = normalize(resized, preprocess.mean, preprocess.std, device)
         logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
         del x
         return resized_argmax(logits, (h, w), max_bytes=max_bytes)

@@ -1,0 +1,176 @@
+"""``vitseg.evaluate``: mmseg's test loop (pipeline, whole/slide or ms+flip, IoU metric), single or multi process.
+
+Under ``torchrun`` (``torch.distributed`` already initialized, or ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` set)
+every rank takes every ``world_size``-th image, the metric histograms are summed with ``all_reduce``
+(NCCL on CUDA, gloo on CPU) and rank 0 prints / writes the report; every rank returns the same results.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..metrics import IoUMetric, format_table
+from .pipeline import Backend, rescale_uint8
+from .postprocess import DEFAULT_MAX_BYTES
+from .predict import label_map, resolve_preprocess
+
+__all__ = ["evaluate"]
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Decodes (the dataset) and, for single-scale runs, resizes in the DataLoader workers."""
+
+    def __init__(self, dataset: Any, indices: list[int], scale: tuple[int, int] | None, backend: Backend) -> None:
+        self.dataset, self.indices, self.scale, self.backend = dataset, indices, scale, backend
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.dataset[self.indices[i]])
+        if self.scale is not None:
+            item["resized"] = rescale_uint8(item["img"], self.scale, backend=self.backend)
+            item["size"] = item.pop("img").shape[:2]
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def _dist_context(device: torch.device | None) -> tuple[int, int, bool]:
+    """(rank, world_size, we_initialized) — initializes the process group from torchrun's env vars."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env and "MASTER_ADDR" in env:
+        use_cuda = (device.type == "cuda") if device is not None else torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False, num_workers: int = 0,
+             max_images: int | None = None, preprocess: Any = None, backend: Backend = "auto",
+             out_file: str | os.PathLike | None = None, progress: bool = True, verbose: bool = True,
+             max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """mIoU / mAcc / aAcc of ``model`` on ``dataset`` with mmseg's test pipeline and metric.
+
+    Args:
+        model: a vitseg model (its ``entry.preprocess`` gives the pipeline) or any logits model with
+            ``preprocess`` given. It is put in eval mode (and moved to ``device`` if one is given).
+        dataset: items ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) ints}`` with ``num_classes``
+            (and optionally ``classes``, ``ignore_index``), e.g. :class:`vitseg.eval.ADE20K`.
+        device: where to run; default the model's device (``cuda:LOCAL_RANK`` under torchrun with CUDA).
+        dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast (mmseg's numbers are fp32).
+        batch_size: sliding windows per forward pass (slide mode); whole-mode images run one at a time
+            since their resized shapes differ, as mmseg's batch size 1.
+        tta: mmseg 0.x ms+flip (6 ratios x 2 flips).
+        num_workers: DataLoader workers for decoding and resizing.
+        max_images: evaluate only the first N images (before sharding).
+        preprocess: overrides ``model.entry.preprocess``.
+        backend: image backend (``"auto"``: OpenCV when installed, else the bit-exact Pillow/numpy path).
+        out_file: write the results as JSON here (rank 0).
+        progress: show a tqdm bar (rank 0).
+        verbose: print the per-class table and the summary (rank 0).
+        max_bytes: bound on original-size float temporaries per image.
+
+    Returns:
+        ``aAcc``, ``mIoU``, ``mAcc`` (percent, unrounded), per-class ``IoU`` / ``Acc`` (NaN where undefined),
+        ``classes``, ``num_images``, ``seconds``, ``images_per_s`` and the settings used.
+    """
+    preprocess = resolve_preprocess(model, preprocess)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else None
+    rank, world, owns_group = _dist_context(device)
+    if device is None:
+        if owns_group and torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            device = next(model.parameters()).device
+    model.to(device).eval()
+    num_classes = getattr(dataset, "num_classes", None) or getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("The dataset has no num_classes attribute; give it one (or use vitseg.eval.FolderDataset).")
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(num_classes)]))
+    ignore_index = getattr(dataset, "ignore_index", 255)
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    indices = list(range(n))[rank::world]
+    prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
+    loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate)
+    metric = IoUMetric(num_classes, ignore_index=ignore_index, device=device)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for (item,) in loader:
+            label = torch.as_tensor(item["label"]).to(device)
+            pred = label_map(model, item.get("img"), preprocess, tta=tta, backend=backend, device=device,
+                             batch_size=batch_size, dtype=dtype, max_bytes=max_bytes,
+                             resized=item.get("resized"), size=item.get("size"))
+            if pred.shape != label.shape:
+                raise ValueError(f"{item.get('path', 'an image')}: prediction {tuple(pred.shape)} and label "
+                                 f"{tuple(label.shape)} differ in size; labels must match their images.")
+            metric.update(pred, label)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    count = torch.tensor([len(indices), seconds], dtype=torch.float64, device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        metric.all_reduce()
+        dist.all_reduce(count[:1], op=dist.ReduceOp.SUM)
+        dist.all_reduce(count[1:], op=dist.ReduceOp.MAX)
+        if owns_group:
+            dist.destroy_process_group()
+    num_images, seconds = int(count[0]), float(count[1])
+    results = metric.compute()
+    results.update(
+        classes=classes, num_images=num_images, seconds=seconds,
+        images_per_s=num_images / seconds if seconds > 0 else math.nan,
+        tta=tta, dtype=str(dtype or torch.float32).replace("torch.", ""), world_size=world,
+        model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
+        preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
+                        mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
+                        stride=preprocess.stride and list(preprocess.stride)),
+    )
+    if rank == 0:
+        if verbose:
+            print(format_table(results, classes), file=sys.stdout)
+            print(f"{num_images} images in {seconds:.1f} s ({results['images_per_s']:.2f} img/s, "
+                  f"{world} process{'es' if world > 1 else ''})", file=sys.stdout)
+        if out_file is not None:
+            with open(out_file, "w") as f:
+                json.dump(_json_safe(results), f, indent=1)
+    return results
