@@ -1,14 +1,17 @@
 """Label maps to pictures: palette colouring and an overlay with a legend of the classes present."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["colorize", "overlay"]
 
 
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]):
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
     """An RGB ``PIL.Image`` with each label painted in its palette colour (ignore/unknown: black)."""
     from PIL import Image
     lut = np.zeros((256, 3), dtype=np.uint8)
@@ -21,8 +24,9 @@ def _share(count: int, total: int) -> str:
     return f"{pct:.1f}%" if pct >= 0.1 else "<0.1%"
 
 
-def overlay(image, labels: np.ndarray, palette: Sequence[Sequence[int]], class_names: Sequence[str],
-            alpha: float = 0.5, max_legend: int = 20, font_size: int | None = None):
+def overlay(image: Image.Image, labels: np.ndarray, palette: Sequence[Sequence[int]],
+            class_names: Sequence[str], alpha: float = 0.5, max_legend: int = 20,
+            font_size: int | None = None) -> Image.Image:
     """Blend the coloured labels over ``image`` and append a legend of the classes present, largest first.
 
     Args:
