@@ -1,4 +1,6 @@
 """Inference helpers, datasets, the test pipeline, ``predict`` and ``evaluate``."""
+from __future__ import annotations
+
 from .datasets import ADE20K, FolderDataset
 from .evaluate import evaluate
 from .inference import slide_inference, slide_windows, whole_inference

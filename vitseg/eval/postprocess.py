@@ -45,18 +45,19 @@ def resized_argmax(logits: torch.Tensor, size: tuple[int, int], *,
     if k * per_channel <= max_bytes:
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
     chunk = max(1, max_bytes // per_channel)
-    best = labels = None
+    best = None
+    # a narrow label dtype keeps the per-channel update cheap; widened to int64 at the end
+    labels = torch.zeros(h, w, dtype=torch.int16 if k < 2**15 else torch.int64, device=logits.device)
     for c0 in range(0, k, chunk):
         part = F.interpolate(logits[:, c0:c0 + chunk], size=(h, w), mode="bilinear", align_corners=False)[0]
-        part_max, part_arg = part.max(0)
+        for j in range(part.shape[0]):
+            if best is None:
+                best = part[j].clone()
+                continue
+            labels.masked_fill_(part[j] > best, c0 + j)  # strict: ties keep the lower class, as argmax
+            torch.maximum(best, part[j], out=best)
         del part
-        if best is None:
-            best, labels = part_max, part_arg
-            continue
-        better = part_max > best  # strict: an equal value keeps the lower class, as argmax does
-        best = torch.where(better, part_max, best)
-        labels = torch.where(better, part_arg + c0, labels)
-    return labels
+    return labels.long()
 
 
 @lru_cache(maxsize=16)

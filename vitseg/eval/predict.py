@@ -153,7 +153,7 @@ def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = Fal
         image: a path, a PIL image, or an (H, W, 3) uint8 RGB array.
         tta: mmseg 0.x multi-scale + flip (6 ratios x 2 flips).
         preprocess: overrides ``model.entry.preprocess`` (mean/std, resize, whole/slide).
-        device: where to run (default: the model's device; the model is not moved).
+        device: where to run (default: the model's device); the model is moved there.
         dtype: ``torch.bfloat16`` / ``torch.float16`` to run the model under autocast.
         backend: image decoding/resizing backend, ``"auto"``, ``"pillow"`` or ``"opencv"``.
         batch_size: sliding windows per forward pass (slide mode).
@@ -161,6 +161,8 @@ def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = Fal
     """
     preprocess = resolve_preprocess(model, preprocess)
     img = load_image(image, backend=backend)
+    if device is not None:
+        model.to(device)
     was_training = model.training
     model.eval()
     try:
