@@ -59,11 +59,12 @@ def tiny_arch() -> dict:
     return dict(arch, backbone=dict(arch["backbone"], **TINY_BACKBONE), num_classes=NUM_CLASSES)
 
 
-def make_entry(name: str, url: str, sha256: str | None = None) -> ZooEntry:
+def make_entry(name: str, url: str, sha256: str | None = None, format: str = "mmseg") -> ZooEntry:
     """A tiny test entry whose one checkpoint lives at ``url``."""
     base = vitseg.get_entry(BASE)
+    weights = Weights(url=url, metrics=dict(METRICS), sha256=sha256, format=format)
     return ZooEntry(name=name, build=base.build, arch=tiny_arch(), preprocess=base.preprocess,
-                    weights=(Weights(url=url, metrics=dict(METRICS), sha256=sha256),), source="test")
+                    weights=(weights,), source="test")
 
 
 def random_model(seed: int) -> torch.nn.Module:
@@ -161,7 +162,8 @@ class LoopbackServer:
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

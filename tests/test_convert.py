@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _hubtools as ht  # noqa: E402
 
 DIM, DEPTH, HEADS = 48, 2, 3
+ATTN = "MultiHeadDotProductAttention_1"
 
 
 def _timm_vit(num_classes: int = 10, **kw) -> TimmViT:
@@ -51,19 +52,21 @@ def test_convert_timm_matches_timm_features():
         torch.testing.assert_close(ours(x)[0], _tokens(ref, x), rtol=0, atol=1e-5)
 
 
+def _mmseg_resize(table: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """mmseg's resize_pos_embed: cls row kept, square grid resized bicubically, align_corners=False."""
+    side = int((table.shape[1] - 1) ** 0.5)
+    grid = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, N, C) -> (1, C, s, s)
+    grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False, antialias=antialias)
+    return torch.cat([table[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+
+
 def test_convert_timm_resizes_pos_embed_like_mmseg():
     sd = _timm_vit().state_dict()
-    table = sd["pos_embed"]
-    for img_size in [(320, 256), 160]:  # up to 20x16, down to 10x10
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        grid = table[:, 1:].reshape(1, 14, 14, DIM).permute(0, 3, 1, 2)
-        want = F.interpolate(grid, size=(h // 16, w // 16), mode="bicubic", align_corners=False, antialias=False)
-        want = torch.cat([table[:, :1], want.flatten(2).transpose(1, 2)], dim=1)
+    for img_size, grid in [((320, 256), (20, 16)), (160, (10, 10))]:  # up, and down
         got = convert_timm(sd, img_size=img_size)["pos_embed"]
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, _mmseg_resize(sd["pos_embed"], grid), rtol=0, atol=0)
     # The antialiased resize (timm's default) is a different table when shrinking.
-    aa = F.interpolate(grid, size=(10, 10), mode="bicubic", align_corners=False, antialias=True)
-    assert (aa.flatten(2).transpose(1, 2) - got[:, 1:]).abs().max() > 1e-2
+    assert (_mmseg_resize(sd["pos_embed"], (10, 10), antialias=True) - got).abs().max() > 1e-2
 
     ours = _ours(img_size=320)
     load_strict(ours, convert_timm(sd, img_size=320))
@@ -119,14 +122,12 @@ def test_convert_jax_resizes_and_rejects_other_layouts(tmp_path):
     sd = convert_jax(arrays, img_size=512)
     table = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"])
     assert sd["pos_embed"].shape == (1, 1 + 32 * 32, DIM)
-    torch.testing.assert_close(sd["pos_embed"], convert_timm({"pos_embed": table, "patch_embed.proj.weight":
-                                                              sd["patch_embed.proj.weight"]}, img_size=512)["pos_embed"])
-    torch.testing.assert_close(sd["pos_embed"][:, 0], table[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(sd["pos_embed"], _mmseg_resize(table, (32, 32)), rtol=0, atol=0)
 
     with pytest.raises(ValueError, match="big_vision"):
         convert_jax({f"params/{k}": v for k, v in arrays.items()})
     with pytest.raises(ValueError, match="Unrecognized keys.*MAPHead_0"):
         convert_jax({**arrays, "MAPHead_0/probe": arrays["cls"]})
-    partial = {k: v for k, v in arrays.items() if "encoderblock_1/MultiHeadDotProductAttention_1/key/bias" not in k}
+    partial = {k: v for k, v in arrays.items() if k != "Transformer/encoderblock_1/" + ATTN + "/key/bias"}
     with pytest.raises(ValueError, match="blocks.1.attn.*incomplete"):
         convert_jax(partial)

@@ -17,10 +17,11 @@ import vitseg
 from vitseg import _hub
 from vitseg._registry import unregister_model
 
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).resolve().parent
+REPO_ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
 import _hubtools as ht  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _names = itertools.count()
 
 
@@ -45,9 +46,9 @@ def register():
     """register(url, sha256=None) -> a fresh tiny entry name; unregistered at teardown."""
     names = []
 
-    def _register(url: str, sha256: str | None = None) -> str:
+    def _register(url: str, sha256: str | None = None, format: str = "mmseg") -> str:
         name = f"segmenter_mask_vit_t16_hubtest{os.getpid()}x{next(_names)}"
-        vitseg.register_model(ht.make_entry(name, url, sha256))
+        vitseg.register_model(ht.make_entry(name, url, sha256, format))
         names.append(name)
         return name
 
@@ -102,6 +103,18 @@ def test_download_converts_caches_and_works_offline(home, server, register, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     again = vitseg.create_model(name, pretrained=True)
     _same_weights(again.state_dict(), source.state_dict())
+
+
+def test_weights_already_in_vitseg_format(home, server, register):
+    source = ht.random_model(8)
+    file = server.root / "tiny.safetensors"
+    file.parent.mkdir(parents=True)
+    _hub._save_safetensors(source.state_dict(), file)
+    sha256 = ht.sha256_of(file)
+    file = file.rename(file.with_name(f"tiny_8-{sha256[:8]}.safetensors"))
+    name = register(f"{server.url}/{file.name}", sha256=sha256, format="vitseg")
+    _same_weights(vitseg.create_model(name, pretrained=True).state_dict(), source.state_dict())
+    assert json.loads((home / name / "source.json").read_text())["sha256"] == sha256
 
 
 @pytest.mark.parametrize("case", ["name_suffix", "full_sha256"])
@@ -189,13 +202,15 @@ def test_mirror_serving_a_wrong_file_under_a_real_zoo_name(home, tmp_path, monke
     real = entry.weights[0].url
     assert real.startswith(_hub.MMSEG_PREFIX + "/")
     mirror = tmp_path / "mirror"
-    impostor = ht.write_mmseg_checkpoint(ht.random_model(5), tmp_path / "impostor", "x")
     target = mirror / real[len(_hub.MMSEG_PREFIX) + 1:]
-    target.parent.mkdir(parents=True)
-    os.replace(impostor, target)
     monkeypatch.setenv("VITSEG_MMSEG_MIRROR", mirror.as_uri())
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # file:// still allowed; a Hub id would not be tried
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # file:// is still allowed; nothing goes to the network
     assert _hub.mmseg_url(real) == target.as_uri()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        vitseg.create_model("segmenter_mask_vit_t16_ade20k", pretrained=True)
+    _assert_clean(home)
+    target.parent.mkdir(parents=True)
+    os.replace(ht.write_mmseg_checkpoint(ht.random_model(5), tmp_path / "impostor", "x"), target)
     with pytest.raises(ValueError, match="Hash mismatch") as err:
         vitseg.create_model("segmenter_mask_vit_t16_ade20k", pretrained=True)
     assert target.as_uri() in str(err.value)
@@ -232,11 +247,10 @@ def _digest(model: torch.nn.Module) -> str:
 def _spawn(name: str, url: str, spec: str, go: Path, env: dict[str, str], repeat: int = 1) -> subprocess.Popen:
     """A child that registers the tiny entry, then ``repeat`` times: says "ready", waits for the file
     ``go.<i>``, loads ``spec`` and prints the digest of its weights."""
-    path = os.pathsep.join(filter(None, [str(REPO_ROOT), str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-c", _CHILD,
-                             name, url, spec, str(go), str(repeat)], env={**os.environ, **env, "PYTHONPATH": path},
-                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), str(TESTS), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-c", _CHILD, name, url, spec, str(go), str(repeat)],
+                            env={**os.environ, **env, "PYTHONPATH": path}, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _step(proc: subprocess.Popen, go: Path, i: int) -> tuple[str, str]:

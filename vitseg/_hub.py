@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn as nn
@@ -68,9 +68,14 @@ def mmseg_url(url: str) -> str:
     return url
 
 
+def _full_name(entry: ZooEntry, weights: Weights | None) -> str:
+    """``name[.tag]``: what ``create_model`` takes to load these weights."""
+    return f"{entry.name}.{weights.tag}" if weights is not None and weights.tag else entry.name
+
+
 def cache_dir(entry: ZooEntry, weights: Weights) -> Path:
     """``<home>/<name>[.<tag>]``: where the converted weights of one checkpoint live."""
-    return vitseg_home() / (f"{entry.name}.{weights.tag}" if weights.tag else entry.name)
+    return vitseg_home() / _full_name(entry, weights)
 
 
 def _offline() -> bool:
@@ -164,7 +169,7 @@ def _check_hash(sha256: str, url: str, *, expected: str | None, hint: str) -> No
                          f"corrupt or not the published one; it was deleted. {hint}")
 
 
-def _stream(url: str, out: Any, label: str, hint: str) -> str:
+def _stream(url: str, out: BinaryIO, label: str, hint: str) -> str:
     """Copy ``url`` to the open binary file ``out`` with a progress bar; return its SHA-256."""
     from tqdm.auto import tqdm
     if _offline() and not url.startswith("file:"):
@@ -180,6 +185,8 @@ def _stream(url: str, out: Any, label: str, hint: str) -> str:
         raise err(f"Could not download {url}: HTTP {e.code} {e.reason}. {hint}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, FileNotFoundError):  # file:// URL (a local mirror) without that file
+            raise FileNotFoundError(f"Could not download {url}: no such file. {hint}") from None
         raise ConnectionError(f"Could not download {url}: {reason}. Check the network (or HF_HUB_OFFLINE / "
                               f"VITSEG_MMSEG_MIRROR). {hint}") from None
     h = hashlib.sha256()
@@ -261,7 +268,7 @@ def _from_hf_hub(weights: Weights) -> dict[str, torch.Tensor] | None:
     """The converted weights from ``weights.hf_hub_id`` (huggingface_hub's cache), or ``None``."""
     from huggingface_hub import hf_hub_download
     try:
-        path = hf_hub_download(weights.hf_hub_id, "model.safetensors")
+        path = hf_hub_download(weights.hf_hub_id, "model.safetensors", local_files_only=_offline())
     except Exception as e:  # noqa: BLE001 - any hub failure falls back to the original file
         _logger.warning("Could not get %s from the Hugging Face Hub (%s); using %s instead.",
                         weights.hf_hub_id, e, weights.url)
@@ -273,8 +280,7 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
     """Get the original file (hand-placed or downloaded), verify, convert, cache; call under the lock."""
     from .convert import convert_mmseg
     file_name = weights.url.rsplit("/", 1)[-1]
-    name = f"{entry.name}.{weights.tag}" if weights.tag else entry.name
-    hint = _manual_hint(folder, file_name, name)
+    hint = _manual_hint(folder, file_name, _full_name(entry, weights))
     manual = folder / file_name
     if manual.is_file():
         source_url, path = manual.as_uri(), manual
@@ -283,7 +289,8 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
             _check_hash(sha256, weights.url, expected=weights.sha256, hint="")
         except ValueError:
             raise ValueError(f"{manual} (placed by hand) has SHA-256 {sha256}, which is not that of "
-                             f"{weights.url}. Delete or replace it; vitseg then downloads the file itself.") from None
+                             f"{weights.url}. Delete or replace it; vitseg then downloads the file itself."
+                             ) from None
     else:
         source_url = mmseg_url(weights.url)
         try:
@@ -297,7 +304,8 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
         if weights.format == "mmseg":
             # Keep the auxiliary head in the cache; the caller drops it when its model has none.
             sd = convert_mmseg(sd, keep_auxiliary=True)
-        _save_safetensors(sd, folder / "model.safetensors", metadata={"source_url": weights.url, "sha256": sha256})
+        _save_safetensors(sd, folder / "model.safetensors",
+                          metadata={"source_url": weights.url, "sha256": sha256})
         from . import __version__
         _write_json(folder / "source.json", {
             "url": weights.url, "downloaded_from": source_url, "sha256": sha256, "format": weights.format,
@@ -326,7 +334,7 @@ def load_pretrained_weights(entry: ZooEntry, weights: Weights, *, keep_auxiliary
     """
     folder = cache_dir(entry, weights)
     sd = _read_cached(folder, weights)
-    if sd is None and weights.hf_hub_id and not _offline():
+    if sd is None and weights.hf_hub_id:
         sd = _from_hf_hub(weights)
     if sd is None:
         with _lock(folder):
@@ -390,16 +398,16 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
     backbone = getattr(model, "backbone", model)
     if not isinstance(backbone, VisionTransformer):
         raise TypeError(f"Expected a vitseg model with a ViT backbone, got {type(backbone).__name__}.")
+    if format not in ("timm", "jax"):
+        raise ValueError(f"format must be 'timm' or 'jax', got {format!r}")
     path = _local_file(path_or_url)
     img_size = tuple(g * backbone.patch_size for g in backbone.grid_size)
     if format == "timm":
         sd = convert_timm(_timm_state_dict(path), img_size=img_size)
-    elif format == "jax":
+    else:
         import numpy as np
         with np.load(path, allow_pickle=False) as npz:
             sd = convert_jax({k: npz[k] for k in npz.files}, img_size=img_size)
-    else:
-        raise ValueError(f"format must be 'timm' or 'jax', got {format!r}")
     if isinstance(backbone.norm, nn.Identity):
         sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
     load_strict(backbone, sd, what=f"{format} backbone checkpoint {os.fspath(path_or_url)}")
@@ -407,11 +415,6 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
 
 
 # --------------------------------------------------------------------------- Hub folders
-
-def _display_name(model: nn.Module) -> str:
-    weights = getattr(model, "weights", None)
-    return f"{model.entry.name}.{weights.tag}" if weights is not None and weights.tag else model.entry.name
-
 
 def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
     entry, weights = model.entry, getattr(model, "weights", None)
@@ -475,7 +478,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     config = {
         "library": "vitseg",
         "vitseg_version": __version__,
-        "model": _display_name(model),
+        "model": _full_name(entry, weights),
         "arch": arch,
         "num_classes": num_classes,
         "preprocess": dataclasses.asdict(entry.preprocess),
@@ -498,8 +501,9 @@ def _hf_folder(spec: str) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of ``org/repo[@revision]``; return their folder."""
     from huggingface_hub import hf_hub_download
     repo_id, _, revision = spec.partition("@")
-    config = hf_hub_download(repo_id, "config.json", revision=revision or None)
-    hf_hub_download(repo_id, "model.safetensors", revision=revision or None)
+    kw = dict(revision=revision or None, local_files_only=_offline())
+    config = hf_hub_download(repo_id, "config.json", **kw)
+    hf_hub_download(repo_id, "model.safetensors", **kw)
     return Path(config).parent
 
 
@@ -549,7 +553,8 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
 
 
@@ -558,7 +563,8 @@ def export_zoo(out_dir: str | os.PathLike, names: list[str] | None = None) -> li
 
     Args:
         out_dir: parent folder of the exported models.
-        names: ``name[.tag]`` items to export (default: every released checkpoint, ``list_models(pretrained=True)``).
+        names: ``name[.tag]`` items to export (default: every released checkpoint,
+            ``list_models(pretrained=True)``).
     """
     from ._factory import create_model
     out = Path(out_dir).expanduser()
