@@ -10,6 +10,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+import vitseg
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 TIMEOUT_S = 180  # each example takes well under a minute on a free CPU core; allow for busy machines
@@ -41,7 +43,6 @@ def test_predict(tmp_path) -> None:
     over = Image.open(tmp_path / "astronaut_overlay.png")
     assert over.height == 512 and over.width > 512  # the photo plus a legend on the right
     # The legend's first swatch has the palette colour of the largest class.
-    import vitseg
     ids, counts = np.unique(labels, return_counts=True)
     top = int(ids[np.argmax(counts)])
     size = 13  # the legend's font size for a 512-pixel image
