@@ -21,7 +21,7 @@ from PIL import Image
 import vitseg
 from vitseg.eval.datasets import FolderDataset
 
-from finetune import CLASSES, synthetic_batch
+from finetune import CLASSES, synthetic_batch  # the sibling script in examples/
 
 
 def write_folder_dataset(root: str, num_images: int, size: int) -> None:

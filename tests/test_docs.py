@@ -1,4 +1,4 @@
-"""The documentation: the zoo table comes from the registry, README.md carries the current one, mkdocs builds strictly."""
+"""The docs: the zoo table comes from the registry, README.md carries the current one, mkdocs builds strictly."""
 from __future__ import annotations
 
 import importlib.util
