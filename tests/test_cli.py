@@ -67,3 +67,22 @@ def test_user_errors_are_one_line_without_traceback(tmp_path) -> None:
 def test_convert_mmseg_requires_model(tmp_path, capsys) -> None:
     assert main(["convert", "mmseg", os.path.join(FIXTURES, T16["checkpoint"]), str(tmp_path / "x.safetensors")]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_predict_writes_label_and_overlay(tiny_entry, tmp_path, capsys) -> None:
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "tiny.safetensors"
+    model = vitseg.create_model(tiny_entry)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    photo = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "astronaut.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", photo, "--model", tiny_entry, "--checkpoint", str(ckpt), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    size = Image.open(photo).size
+    labels = Image.open(out / "astronaut_labels.png")
+    overlay = Image.open(out / "astronaut_overlay.png")
+    assert labels.size == size and labels.mode == "L"
+    assert overlay.width > size[0] and overlay.height >= size[1]  # legend beside the image
+    assert max(labels.getdata()) < 7

@@ -130,7 +130,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         image = Image.open(path).convert("RGB")
-        labels = vitseg.predict(model, image, dtype=torch.bfloat16 if args.bf16 else None)
+        labels = np.asarray(vitseg.predict(model, image, dtype=torch.bfloat16 if args.bf16 else None).cpu())
         stem = os.path.splitext(os.path.basename(path))[0]
         Image.fromarray(labels.astype(np.uint8)).save(os.path.join(args.out, f"{stem}_labels.png"))
         colorize(labels, entry.palette).save(os.path.join(args.out, f"{stem}_color.png"))
