@@ -29,7 +29,9 @@ from vitseg.bench import fuse_conv_bn  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="zoo name (random weights)")
+    p.add_argument("--bn-stack", action="store_true", help="instead of a zoo model: 4 x (3x3 conv 256->256, BN, "
+                   "ReLU) at 128x128, the shape of DPT/UPerNet head convs at 1/4 of a 512 input")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--reps", type=int, default=5)
@@ -37,8 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = vitseg.create_model(args.model)
-    x = torch.randn(1, 3, args.size, args.size)
+    if args.bn_stack:
+        base = nn.Sequential(*[nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256),
+                                             nn.ReLU()) for _ in range(4)]).eval()
+        for m in base.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2)
+                m.running_mean.uniform_(-1, 1)
+        x = torch.randn(1, 256, 128, 128)
+        args.model = "bn_stack"
+    else:
+        base = vitseg.create_model(args.model)
+        x = torch.randn(1, 3, args.size, args.size)
 
     variants: dict[str, tuple[nn.Module, torch.Tensor, type]] = {
         "default": (base, x, torch.inference_mode),
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
         print(f"rep {rep + 1}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()), flush=True)
 
-    print(f"\n{args.model}, {args.size}x{args.size}, {args.threads} threads, median of {args.reps}")
+    print(f"\n{args.model}, {tuple(x.shape)}, {args.threads} threads, median of {args.reps}")
     print("| variant | median s | median paired ratio to default | max abs diff to default |\n|---|---|---|---|")
     for name, ts in times.items():
         paired = statistics.median(a / b for a, b in zip(ts, times["default"]))
