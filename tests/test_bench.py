@@ -76,3 +76,10 @@ def test_fuse_conv_bn_keeps_outputs():
     assert (model(x) - ref).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="eval"):
         fuse_conv_bn(model.train())
+
+
+def test_vitseg_bench_subcommand(capsys):
+    from vitseg.cli import main as cli_main
+    assert cli_main(["bench", "--model", "segmenter_linear_vit_s16_ade20k", "--tiny", "--device", "cpu",
+                     "--images", "1", "--reps", "1", "--warmup", "0", "--short-side", "48", "--no-flops"]) == 0
+    assert "img/s" in capsys.readouterr().out

@@ -445,7 +445,7 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"{name:7s} {m['images_per_s']:8.3f} img/s  {m['ms_per_image']:9.1f} ms/img  "
                      f"peak mem {mem} ({r['memory_kind']}){flops}{pct}")
     if r.get("flops_per_image"):
-        lines.append(f"GFLOPs per image: {r['flops_per_image'] / 1e9:.1f}")
+        lines.append(f"GFLOPs per image: {r['flops_per_image'] / 1e9:.4g}")
     if "ratio_vitseg_over_mmseg" in r:
         lines.append(f"vitseg time / mmseg time = {r['ratio_vitseg_over_mmseg']:.3f} (medians), "
                      f"{r['ratio_paired_median']:.3f} (median of per-repetition ratios), "
