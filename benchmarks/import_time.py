@@ -40,16 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=7)
     args = p.parse_args(argv)
     totals: dict[str, list[float]] = {k: [] for k in CASES}
+    extra_self: list[float] = []
     modules: dict[str, dict[str, float]] = {}
     for i in range(args.runs):
         for name in (list(CASES) if i % 2 == 0 else list(CASES)[::-1]):
             total, mods = importtime(CASES[name])
             totals[name].append(total)
             modules[name] = mods
+        extra_self.append(sum(t for m, t in modules["vitseg"].items() if m not in modules["timm"]))
     med = {k: statistics.median(v) for k, v in totals.items()}
     for k, v in totals.items():
         print(f"{CASES[k]!r:45s} median {med[k]:.3f} s  (runs: {', '.join(f'{t:.2f}' for t in v)})")
-    print(f"vitseg over timm: {med['vitseg'] - med['timm']:+.3f} s (median difference)")
+    paired = statistics.median(a - b for a, b in zip(totals["vitseg"], totals["timm"]))
+    print(f"vitseg over timm: {med['vitseg'] - med['timm']:+.3f} s (difference of medians), "
+          f"{paired:+.3f} s (median of per-run differences)")
+    print(f"self time of the modules vitseg adds beyond timm's: median {1e3 * statistics.median(extra_self):.1f} ms "
+          f"(runs: {', '.join(f'{1e3 * t:.0f}' for t in extra_self)} ms)")
     extra = {m: t for m, t in modules["vitseg"].items() if m not in modules["timm"]}
     print(f"modules vitseg adds beyond timm ({len(extra)}), self time of the last run:")
     for m, t in sorted(extra.items(), key=lambda kv: -kv[1]):
