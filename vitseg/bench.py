@@ -235,7 +235,11 @@ def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stri
 
 
 def count_flops(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor]) -> int:
-    """FLOPs of one pass of ``fn`` over ``batches`` (matmuls, convs, attention) by FlopCounterMode."""
+    """FLOPs of one pass of ``fn`` over ``batches`` (matmuls, convs, attention) by FlopCounterMode.
+
+    Run it on ``meta`` tensors: on CPU tensors SDPA dispatches to a flash kernel the counter has no
+    formula for, and attention (about half of a ViT-T forward at 512x512) would go uncounted.
+    """
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
