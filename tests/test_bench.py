@@ -83,3 +83,11 @@ def test_vitseg_bench_subcommand(capsys):
     assert cli_main(["bench", "--model", "segmenter_linear_vit_s16_ade20k", "--tiny", "--device", "cpu",
                      "--images", "1", "--reps", "1", "--warmup", "0", "--short-side", "48", "--no-flops"]) == 0
     assert "img/s" in capsys.readouterr().out
+
+
+def test_count_flops_on_meta_includes_attention():
+    from vitseg.bench import count_flops
+    b, h, n, d = 2, 3, 50, 16
+    q = torch.empty(b, h, n, d, device="meta")
+    flops = count_flops(lambda x: nn.functional.scaled_dot_product_attention(x, x, x), [q])
+    assert flops == 2 * (2 * b * h * n * n * d)  # QK^T and AV
