@@ -52,8 +52,9 @@ MMSEG_CONFIGS: dict[str, str] = {
     "segmenter_mask_vit_l16_ade20k": "segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py",
 }
 
-# Inference fps mmseg publishes for these models on a V100 (fp32, batch 1, `whole`/`slide` as in
-# the config), from the configs' README/metafile. The GPU target is 20x these.
+# The "Inf time (fps)" column of mmseg's configs/{vit,dpt,segmenter}/README.md (V100, each config's
+# own test mode), as quoted in issue #8; the wheels ship no READMEs, so not re-checked here. The GPU
+# target is 20x these.
 PUBLISHED_V100_FPS: dict[str, float] = {
     "upernet_vit_b16_mln_ade20k": 6.94,
     "upernet_deit_s16_ade20k": 29.85,
