@@ -408,8 +408,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     )
     for name, ts in times.items():
         sec = statistics.median(ts)
-        r = dict(seconds_per_rep=ts, median_s=sec, min_s=min(ts), images_per_s=n_images / sec, ms_per_image=1e3 * sec / n_images,
-                 peak_memory_bytes=peaks.get(name))
+        r = dict(seconds_per_rep=ts, median_s=sec, min_s=min(ts), images_per_s=n_images / sec,
+                 ms_per_image=1e3 * sec / n_images, peak_memory_bytes=peaks.get(name))
         if flops is not None:
             r["gflops_per_s"] = flops / sec / 1e9  # same model math on both sides
         result[name] = r
