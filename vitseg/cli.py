@@ -152,7 +152,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .bench import main as bench_main
-    bench_main(args.bench_args)
+    bench_main(args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args)
 
 
 def _cmd_export_zoo(args: argparse.Namespace) -> None:
@@ -164,6 +164,10 @@ def _cmd_export_zoo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vitseg`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "bench" in argv and all(a.startswith("-") for a in argv[:argv.index("bench")]):
+        # argparse's REMAINDER refuses a leading "--option": pass bench's arguments after "--"
+        argv.insert(argv.index("bench") + 1, "--")
     args = _parser().parse_args(argv)
     command = {"list": _cmd_list, "info": _cmd_info, "convert": _cmd_convert, "predict": _cmd_predict,
                "eval": _cmd_eval, "bench": _cmd_bench, "export-zoo": _cmd_export_zoo}[args.command]

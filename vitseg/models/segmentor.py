@@ -77,4 +77,7 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize with ``align_corners=False`` (no-op when the size already matches)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    # Heads may hand over a channels-last view (the ViT map and the mask product are transposes).
+    # mmseg's are NCHW-contiguous; on CPU the channels-last path is also ~4x slower and allocates
+    # the full-size output twice (docs/benchmarks.md), so copy the small logits first.
+    return F.interpolate(x.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,93 @@
+"""The benchmark harness on a tiny model (CPU), and conv+BN folding."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vitseg.bench import fuse_conv_bn, image_sizes, main, make_batches, run
+
+
+def test_image_sizes_are_deterministic_and_ade20k_like():
+    sizes = image_sizes(20, short=512, seed=3)
+    assert sizes == image_sizes(20, short=512, seed=3)
+    assert sizes != image_sizes(20, short=512, seed=4)
+    for h, w in sizes:
+        assert min(h, w) == 512 and 512 <= max(h, w) <= 1024
+    x = make_batches(sizes[:2], batch=2, seed=3)
+    assert [tuple(t.shape) for t in x] == [(2, 3, *sizes[0]), (2, 3, *sizes[1])]
+    assert torch.equal(x[1], make_batches(sizes[:2], batch=2, seed=3)[1])
+
+
+def test_bench_reports_fields(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["--model", "segmenter_mask_vit_t16_ade20k", "--tiny", "--device", "cpu", "--images", "2",
+                 "--short-side", "40", "--reps", "2", "--warmup", "1", "--threads", "1",
+                 "--json", str(out), "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    assert r["mode"] == "slide" and r["crop"] == [512, 512] and r["images"] == 2
+    assert all(min(s) == 40 for s in r["sizes"])
+    v = r["vitseg"]
+    assert len(v["seconds_per_rep"]) == 2 and v["median_s"] > 0
+    assert v["images_per_s"] == pytest.approx(2 / v["median_s"])
+    assert v["ms_per_image"] == pytest.approx(1e3 * v["median_s"] / 2)
+    assert r["flops_per_image"] > 0 and v["gflops_per_s"] > 0
+    assert r["memory_kind"] == "peak_rss_growth" and "mmseg" not in r
+    assert "pct_of_peak" not in v  # no peak known for CPUs
+
+
+def test_bench_forward_protocol_with_peak_and_fast_switches():
+    r = run(["--model", "segmenter_linear_vit_s16_ade20k", "--tiny", "--device", "cpu", "--protocol", "forward",
+             "--size", "48", "--batch", "2", "--images", "1", "--reps", "1", "--warmup", "0",
+             "--peak-tflops", "1", "--channels-last", "--fuse-bn", "--dtype", "bf16", "--quiet"])
+    assert r["mode"] == "whole" and r["sizes"] == [(48, 48)]
+    assert r["images"] == 2 and r["fuse_bn_max_abs_diff"] == 0.0  # no BatchNorm in Segmenter
+    assert 0 < r["vitseg"]["pct_of_peak"] < 100
+
+
+class _ConvBN(nn.Module):  # mmseg ConvModule layout: .conv, .bn, .activate
+    def __init__(self, cin: int, cout: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(cout)
+        self.activate = nn.ReLU()
+
+    def forward(self, x):
+        return self.activate(self.bn(self.conv(x)))
+
+
+def test_fuse_conv_bn_keeps_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(_ConvBN(3, 8, bias=False), nn.Conv2d(8, 8, 1, bias=True), nn.BatchNorm2d(8),
+                          nn.ReLU(), _ConvBN(8, 4, bias=True))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 17, 23)
+    ref = model(x)
+    fuse_conv_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert (model(x) - ref).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(model.train())
+
+
+def test_vitseg_bench_subcommand(capsys):
+    from vitseg.cli import main as cli_main
+    assert cli_main(["bench", "--model", "segmenter_linear_vit_s16_ade20k", "--tiny", "--device", "cpu",
+                     "--images", "1", "--reps", "1", "--warmup", "0", "--short-side", "48", "--no-flops"]) == 0
+    assert "img/s" in capsys.readouterr().out
+
+
+def test_count_flops_on_meta_includes_attention():
+    from vitseg.bench import count_flops
+    b, h, n, d = 2, 3, 50, 16
+    q = torch.empty(b, h, n, d, device="meta")
+    flops = count_flops(lambda x: nn.functional.scaled_dot_product_attention(x, x, x), [q])
+    assert flops == 2 * (2 * b * h * n * n * d)  # QK^T and AV

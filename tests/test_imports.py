@@ -1,0 +1,26 @@
+"""``import vitseg`` (and touching ``create_model``) pulls in no heavy module beyond what timm does."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("tqdm", "PIL", "huggingface_hub", "torch.distributed", "onnx", "safetensors", "cv2", "matplotlib")
+
+_PROBE = """
+import json, sys
+import timm
+before = set(sys.modules)
+import vitseg
+vitseg.create_model
+vitseg.list_models()
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_vitseg_adds_no_heavy_imports_beyond_timm():
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True)
+    added = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = [m for m in added if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
+    assert heavy == [], f"import vitseg pulls in {heavy} beyond timm's imports; import them lazily"
+    assert "vitseg.models" in added  # the probe did load the zoo
