@@ -68,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _create(args: argparse.Namespace):
     import vitseg
-    return vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    try:
+        return vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    except OSError as e:  # download failed: name the command-line way to use a local file
+        if not args.pretrained:
+            raise
+        raise type(e)(f"{e} On the command line: --checkpoint FILE instead of --pretrained.") from None
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

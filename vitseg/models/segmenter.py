@@ -7,6 +7,7 @@ v1.2.2 (``configs/segmenter/``).
 """
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Literal
 
@@ -77,10 +78,26 @@ class MaskTransformerHead(nn.Module):
         x = self.dec_proj(x.flatten(2).transpose(1, 2))  # (B, C, h, w) -> (B, h*w, C)
         x = torch.cat([x, self.cls_emb.expand(b, -1, -1)], dim=1)  # patch tokens first, then classes
         x = self.decoder_norm(self.blocks(x))
-        patches = F.normalize(self.patch_proj(x[:, : h * w]), dim=-1)
-        classes = F.normalize(self.classes_proj(x[:, h * w:]), dim=-1)
-        masks = self.mask_norm(patches @ classes.transpose(1, 2))  # (B, h*w, K), normalized over classes
-        return masks.transpose(1, 2).reshape(b, self.num_classes, h, w)
+        patches = self.patch_proj(x[:, : h * w])
+        classes = self.classes_proj(x[:, h * w:])
+        # Under bf16/fp16 autocast the cosine similarities would be rounded to 8 bits before mask_norm
+        # rescales them by their (small) spread over classes; this small product stays in fp32.
+        with _no_autocast(x.device.type):
+            patches = F.normalize(patches.float(), dim=-1)
+            classes = F.normalize(classes.float(), dim=-1)
+            sims = patches @ classes.transpose(1, 2)  # (B, h*w, K) cosine similarities
+            norm = self.mask_norm
+            masks = F.layer_norm(sims, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+        return masks.to(x.dtype).transpose(1, 2).reshape(b, self.num_classes, h, w)
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Leave autocast for a block of fp32 math (a no-op where autocast is off or unsupported)."""
+    try:
+        active = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # older torch, or a device autocast knows nothing of (meta)
+        active = False
+    return torch.autocast(device_type=device_type, enabled=False) if active else contextlib.nullcontext()
 
 
 def _build_segmenter(*, backbone: dict, head: Literal["linear", "mask"], num_classes: int,
