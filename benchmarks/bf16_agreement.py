@@ -9,36 +9,18 @@ variances positive), the input is a seeded N(0, 1) image. Relative error is max|
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 import vitseg  # noqa: E402
+from random_weights import randomize  # noqa: E402
 
 MODELS = ["upernet_deit_s16_ade20k", "upernet_vit_b16_mln_ade20k", "dpt_vit_b16_ade20k",
           "segmenter_linear_vit_s16_ade20k", "segmenter_mask_vit_b16_ade20k"]
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        if name.endswith("running_var"):
-            new = torch.rand(t.shape, generator=g) * 1.5 + 0.5
-        elif t.ndim == 1 and name.endswith("weight"):
-            new = 1 + 0.2 * torch.randn(t.shape, generator=g)
-        elif t.ndim == 1:
-            new = 0.2 * torch.randn(t.shape, generator=g)
-        elif name.endswith(("pos_embed", "cls_token", "cls_emb")):
-            new = 0.5 * torch.randn(t.shape, generator=g)
-        else:
-            new = torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel())
-        t.copy_(new)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = ["| model | max abs err | max |fp32| | relative error | argmax agreement |", "|---|---|---|---|---|"]
     for name in MODELS:
         model = vitseg.create_model(name)
-        randomize(model)
+        randomize(model, seed=0)
         model = model.to(args.device).eval()
         x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(args.device)
         with torch.inference_mode():

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmcv_ext_stub  # noqa: E402,F401  (must come before mmcv / mmseg)
+from random_weights import randomize  # noqa: E402
 
 import torch  # noqa: E402
 from mmengine import Config  # noqa: E402
@@ -182,27 +182,6 @@ def build_mmseg(config: str, tiny: dict | None) -> torch.nn.Module:
         _merge(model_cfg, tiny)
     model = MODELS.build(model_cfg)
     return model.eval()
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Seeded, non-trivial values for every floating parameter and buffer."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                new = torch.rand(t.shape, generator=g) * 1.5 + 0.5
-            elif t.ndim == 1 and name.endswith("weight"):  # LayerNorm / BatchNorm scale
-                new = 1 + 0.2 * torch.randn(t.shape, generator=g)
-            elif t.ndim == 1:  # biases, running means
-                new = 0.2 * torch.randn(t.shape, generator=g)
-            elif name.endswith(("pos_embed", "cls_token", "cls_emb")):
-                new = 0.5 * torch.randn(t.shape, generator=g)
-            else:  # weights scaled by fan-in so activations stay O(1) through the depth
-                fan_in = t[0].numel() if "resize_layers" not in name else t.shape[0] * t[0, 0].numel()
-                new = torch.randn(t.shape, generator=g) / math.sqrt(fan_in)
-            t.copy_(new)
 
 
 def shrink_bn_variances(model: torch.nn.Module, seed: int) -> None:
