@@ -4,8 +4,10 @@ Also imported by the subprocesses that ``test_hub.py`` starts (the tests directo
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
+import json
 import os
 import re
 import threading
@@ -191,3 +193,59 @@ def jax_npz_shapes(dim: int, heads: int, depth: int, grid: int) -> dict[str, tup
                        f"{b}MlpBlock_3/Dense_0/kernel": (dim, 4 * dim), f"{b}MlpBlock_3/Dense_0/bias": (4 * dim,),
                        f"{b}MlpBlock_3/Dense_1/kernel": (4 * dim, dim), f"{b}MlpBlock_3/Dense_1/bias": (dim,)})
     return shapes
+
+
+class HubUploads(http.server.ThreadingHTTPServer):
+    """A loopback stand-in for the Hub endpoints that ``create_repo`` + ``upload_folder`` call.
+
+    Every file is accepted as a "regular" (inline, base64) upload; what was committed lands in ``files``
+    and every request in ``requests``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _UploadHandler)
+        self.requests: list[tuple[str, str]] = []
+        self.files: dict[str, bytes] = {}
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _UploadHandler(http.server.BaseHTTPRequestHandler):
+    server: HubUploads
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, obj: dict, code: int = 200) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path))
+        self._reply({}, 404)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append(("POST", self.path))
+        if self.path == "/api/repos/create":
+            req = json.loads(body)
+            return self._reply({"url": f"{self.server.url}/{req.get('organization')}/{req['name']}"})
+        if self.path == "/api/validate-yaml":  # the model card's metadata
+            return self._reply({"errors": [], "warnings": []})
+        if "/preupload/" in self.path:
+            files = json.loads(body)["files"]
+            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                          for f in files]})
+        if "/commit/" in self.path:  # NDJSON: a header line, then one line per file
+            for line in body.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    self.server.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            repo = self.path.split("/api/models/", 1)[1].split("/commit/", 1)[0]
+            oid = "a" * 40
+            return self._reply({"commitUrl": f"{self.server.url}/{repo}/commit/{oid}", "commitOid": oid})
+        self._reply({"error": f"unexpected {self.path}"}, 404)

@@ -343,6 +343,29 @@ def test_hf_hub_through_huggingface_hub(home, server, register, tmp_path):
     assert list((tmp_path / "hf" / "hub").glob("models--org--tiny/snapshots/*/model.safetensors"))
 
 
+def test_push_to_hub_through_huggingface_hub(tmp_path):
+    # huggingface_hub's own create_repo + upload_folder, against a loopback stand-in for the Hub's API;
+    # a child process because huggingface_hub reads HF_ENDPOINT once, at import.
+    hub = ht.HubUploads()
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+               PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+    code = "import _hubtools as ht, vitseg; print(vitseg.push_to_hub(ht.random_model(3), 'org/tiny', token='hf_x'))"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        hub.shutdown()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("/commit/" + "a" * 40)
+    assert ("POST", "/api/repos/create") in hub.requests
+    assert sorted(hub.files) == ["README.md", "config.json", "model.safetensors"]
+    folder = tmp_path / "pushed"
+    folder.mkdir()
+    for name, data in hub.files.items():
+        (folder / name).write_bytes(data)
+    assert hub.files["README.md"].startswith(b"---\nlibrary_name: vitseg")
+    _same_weights(vitseg.create_model(f"local-dir:{folder}").state_dict(), ht.random_model(3).state_dict())
+
+
 # ----------------------------------------------------------------------------- ImageNet backbones
 
 def test_load_pretrained_backbone_timm_and_jax(home, server, tmp_path):
