@@ -14,9 +14,9 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct
 
 from .._registry import ADE20K_WHOLE_512, Weights, ZooEntry, register_model
+from ..layers import conv_bn, plain_conv
 from .segmentor import Segmentor
 from .vit import VIT_B16, VIT_L16, VisionTransformer
 
@@ -24,12 +24,6 @@ __all__ = ["DPTHead", "ReassembleBlocks", "FeatureFusionBlock", "PreActResidualC
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/dpt"
 _CFG = "mmseg configs/dpt/{} @ v1.2.2"
-
-
-def _conv(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool) -> ConvNormAct:
-    # A plain conv kept under ``.conv`` (mmseg's ConvModule without norm and activation).
-    return ConvNormAct(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias,
-                       apply_norm=False)
 
 
 class ReassembleBlocks(nn.Module):
@@ -52,7 +46,7 @@ class ReassembleBlocks(nn.Module):
             raise ValueError(f"post_process_channels needs 4 values, got {list(out_channels)}")
         self.readout_projects = nn.ModuleList([
             nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) for _ in out_channels])
-        self.projects = nn.ModuleList([_conv(embed_dim, c, 1, bias=True) for c in out_channels])
+        self.projects = nn.ModuleList([plain_conv(embed_dim, c, 1) for c in out_channels])
         c0, c1, _, c3 = out_channels
         self.resize_layers = nn.ModuleList([
             nn.ConvTranspose2d(c0, c0, kernel_size=4, stride=4),  # x4
@@ -78,8 +72,8 @@ class PreActResidualConvUnit(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(channels, channels, 3, padding=1, bias=False, apply_act=False)
-        self.conv2 = ConvNormAct(channels, channels, 3, padding=1, bias=False, apply_act=False)
+        self.conv1 = conv_bn(channels, channels, 3, act=False)
+        self.conv2 = conv_bn(channels, channels, 3, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Not in place: mmseg's in-place ReLU works on a clone, so the un-activated x is what is added.
@@ -96,7 +90,7 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, channels: int, with_skip: bool = True) -> None:
         super().__init__()
-        self.project = _conv(channels, channels, 1, bias=True)
+        self.project = plain_conv(channels, channels, 1)
         self.res_conv_unit1 = PreActResidualConvUnit(channels) if with_skip else None
         self.res_conv_unit2 = PreActResidualConvUnit(channels)
 
@@ -132,11 +126,11 @@ class DPTHead(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.reassemble_blocks = ReassembleBlocks(embed_dim, post_process_channels, readout_type)
-        self.convs = nn.ModuleList([_conv(c, channels, 3, bias=False) for c in post_process_channels])
+        self.convs = nn.ModuleList([plain_conv(c, channels, 3, bias=False) for c in post_process_channels])
         # mmseg deletes fusion_blocks[0].res_conv_unit1: the coarsest block has no skip input.
         self.fusion_blocks = nn.ModuleList([
             FeatureFusionBlock(channels, with_skip=i > 0) for i in range(len(post_process_channels))])
-        self.project = ConvNormAct(channels, channels, 3, padding=1, bias=False)  # conv, BN, ReLU
+        self.project = conv_bn(channels, channels, 3)  # conv, BN, ReLU
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
 

@@ -10,15 +10,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct
+
+from ..layers import plain_conv
 
 __all__ = ["MultiLevelNeck"]
-
-
-def _plain_conv(in_channels: int, out_channels: int, kernel_size: int) -> ConvNormAct:
-    # mmseg's ConvModule without norm or activation: a conv with bias, named ``.conv``.
-    return ConvNormAct(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True,
-                       apply_norm=False, apply_act=False)
 
 
 class MultiLevelNeck(nn.Module):
@@ -36,8 +31,8 @@ class MultiLevelNeck(nn.Module):
         if len(in_channels) != len(scales):
             raise ValueError(f"in_channels {tuple(in_channels)} and scales {tuple(scales)} differ in length")
         self.scales = tuple(scales)
-        self.lateral_convs = nn.ModuleList([_plain_conv(c, out_channels, 1) for c in in_channels])
-        self.convs = nn.ModuleList([_plain_conv(out_channels, out_channels, 3) for _ in scales])
+        self.lateral_convs = nn.ModuleList([plain_conv(c, out_channels, 1) for c in in_channels])
+        self.convs = nn.ModuleList([plain_conv(out_channels, out_channels, 3) for _ in scales])
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.scales):

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct
 
 from .._registry import ADE20K_WHOLE_512, Weights, ZooEntry, register_model
+from ..layers import conv_bn
 from .neck import MultiLevelNeck
 from .segmentor import Segmentor, resize_to
 from .vit import VIT_B16, VIT_S16, VisionTransformer
@@ -25,12 +25,6 @@ __all__ = ["UPerHead", "FCNHead", "AdaptiveAvgPool2dStatic", "adaptive_avg_pool2
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/vit"
 _CFG = "mmseg configs/vit/{} @ v1.2.2"
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> ConvNormAct:
-    # mmseg's ConvModule with BN: conv without bias (a norm follows), BatchNorm eps 1e-5, ReLU.
-    return ConvNormAct(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False,
-                       norm_kwargs=dict(eps=1e-5))
 
 
 def _pool_matrix(n: int, s: int, like: torch.Tensor) -> torch.Tensor:
@@ -86,13 +80,13 @@ class UPerHead(nn.Module):
         self.num_classes = num_classes
         # PSPNet's pyramid pooling on the top level; mmseg's (pool, ConvModule) pairs -> ``psp_modules.J.1``.
         self.psp_modules = nn.ModuleList([
-            nn.Sequential(AdaptiveAvgPool2dStatic(s), _conv_bn_relu(in_channels[-1], channels, 1))
+            nn.Sequential(AdaptiveAvgPool2dStatic(s), conv_bn(in_channels[-1], channels, 1))
             for s in pool_scales
         ])
-        self.bottleneck = _conv_bn_relu(in_channels[-1] + len(pool_scales) * channels, channels, 3)
-        self.lateral_convs = nn.ModuleList([_conv_bn_relu(c, channels, 1) for c in in_channels[:-1]])
-        self.fpn_convs = nn.ModuleList([_conv_bn_relu(channels, channels, 3) for _ in in_channels[:-1]])
-        self.fpn_bottleneck = _conv_bn_relu(len(in_channels) * channels, channels, 3)
+        self.bottleneck = conv_bn(in_channels[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList([conv_bn(c, channels, 1) for c in in_channels[:-1]])
+        self.fpn_convs = nn.ModuleList([conv_bn(channels, channels, 3) for _ in in_channels[:-1]])
+        self.fpn_bottleneck = conv_bn(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(0.1)
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
 
@@ -124,7 +118,7 @@ class FCNHead(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_index = in_index
-        self.convs = nn.Sequential(_conv_bn_relu(in_channels, channels, 3))
+        self.convs = nn.Sequential(conv_bn(in_channels, channels, 3))
         self.dropout = nn.Dropout2d(0.1)
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
 
