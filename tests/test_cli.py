@@ -52,7 +52,7 @@ def test_convert_mmseg(tiny_entry, tmp_path, capsys) -> None:
     ref = vitseg.create_model(tiny_entry, checkpoint_path=os.path.join(FIXTURES, T16["checkpoint"])).state_dict()
     sd = load_file(str(dst))
     assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
-    assert not any(p.name.endswith(".partial") for p in dst.parent.iterdir())
+    assert [p.name for p in dst.parent.iterdir()] == ["model.safetensors"]  # no temporary file left
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path) -> None:

@@ -98,10 +98,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from safetensors.torch import save_file
+    from pathlib import Path
 
     from . import convert
     from ._checkpoint import read_state_dict
+    from ._hub import _save_safetensors
     if args.format == "mmseg":
         if not args.model:
             raise ValueError("convert mmseg needs --model NAME (the zoo entry the checkpoint belongs to)")
@@ -115,10 +116,9 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         with np.load(args.src) as npz:
             sd = convert.convert_jax(dict(npz), img_size=args.img_size)
         meta = {"source": "jax"}
-    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
-    tmp = f"{args.dst}.partial"
-    save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=meta)
-    os.replace(tmp, args.dst)
+    dst = Path(args.dst).absolute()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(sd, dst, metadata=meta)  # temporary file + os.replace: never half-written
     print(f"wrote {args.dst} ({len(sd)} tensors)")
 
 
