@@ -50,9 +50,8 @@ def main() -> None:
     if args.model.startswith(("local-dir:", "hf-hub:")) or args.checkpoint:
         model = vitseg.create_model(args.model, checkpoint_path=args.checkpoint, num_classes=num_classes)
     else:
-        from _tiny import tiny_overrides
         print(f"No trained model given: evaluating a tiny random-weight {args.model} (expect a low mIoU).")
-        model = vitseg.create_model(args.model, num_classes=num_classes, **tiny_overrides(args.model))
+        model = vitseg.create_model(args.model, num_classes=num_classes, **vitseg.tiny_overrides(args.model))
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or tmp

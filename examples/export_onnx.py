@@ -39,9 +39,8 @@ def main() -> None:
         model = vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
         size = args.size or (model.entry.preprocess.crop_size or (512, 512))[0]
     else:
-        from _tiny import tiny_overrides
         print(f"No --checkpoint or --pretrained: exporting a tiny random-weight {args.model}.")
-        model = vitseg.create_model(args.model, **tiny_overrides(args.model))
+        model = vitseg.create_model(args.model, **vitseg.tiny_overrides(args.model))
         size = args.size or 128
     model.eval()
     x = torch.randn(1, 3, size, size)

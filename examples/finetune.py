@@ -63,9 +63,8 @@ def main() -> None:
         model = vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
                                     num_classes=num_classes)
     else:
-        from _tiny import tiny_overrides
         print(f"No --checkpoint or --pretrained: fine-tuning a tiny random-weight {args.model}.")
-        overrides = tiny_overrides(args.model)
+        overrides = vitseg.tiny_overrides(args.model)
         overrides["backbone"]["drop_path_rate"] = 0.0  # a 4-block model needs no stochastic depth
         model = vitseg.create_model(args.model, num_classes=num_classes, **overrides)
     pre = model.entry.preprocess  # train with the normalization the model will be tested with

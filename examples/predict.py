@@ -38,9 +38,8 @@ def main() -> None:
     if args.checkpoint or args.pretrained:
         model = vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
     else:
-        from _tiny import tiny_overrides
         print(f"No --checkpoint or --pretrained: using a tiny random-weight {args.model}.")
-        model = vitseg.create_model(args.model, **tiny_overrides(args.model))
+        model = vitseg.create_model(args.model, **vitseg.tiny_overrides(args.model))
     entry = model.entry
 
     image = Image.open(args.image).convert("RGB")

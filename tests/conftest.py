@@ -13,23 +13,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def tiny_overrides(name: str) -> dict:
-    """Shrink an entry's widths and depth, keeping every structural flag."""
-    arch = vitseg.get_entry(name).arch
-    bb = arch["backbone"]
-    depth = 4
-    tiny = dict(embed_dim=32, depth=depth, num_heads=2, img_size=32)
-    out = [i if i < 0 else min(i * depth // bb["depth"], depth - 1) for i in bb["out_indices"]]
-    # keep out indices distinct and ordered (e.g. 2, 5, 8, 11 -> 0, 1, 2, 3)
-    if len(set(out)) != len(out):
-        out = list(range(depth - len(out), depth))
-    tiny["out_indices"] = tuple(out)
-    over = dict(backbone=tiny, num_classes=5)
-    for k, v in arch.items():  # widths of necks and heads
-        if k in ("channels", "neck_channels"):
-            over[k] = 16
-        if k == "post_process_channels":
-            over[k] = [8, 16, 16, 32]
-    return over
+    """Every structural flag of the entry, at 32 wide, 4 blocks, a 32x32 table and 5 classes."""
+    return vitseg.tiny_overrides(name, depth=4, img_size=32, num_classes=5)
 
 
 def load_manifest() -> dict:

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _API = {
     "create_model": "._factory",
     "list_models": "._registry", "get_entry": "._registry", "register_model": "._registry",
+    "tiny_overrides": "._registry",
     "ZooEntry": "._registry", "Weights": "._registry", "Preprocess": "._registry",
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
@@ -27,7 +28,8 @@ __all__ = ["__version__", *_API]
 if TYPE_CHECKING:
     from ._factory import create_model
     from ._hub import push_to_hub, save_pretrained
-    from ._registry import Preprocess, Weights, ZooEntry, get_entry, list_models, register_model
+    from ._registry import (Preprocess, Weights, ZooEntry, get_entry, list_models, register_model,
+                            tiny_overrides)
     from .eval.evaluate import evaluate
     from .eval.inference import slide_inference, whole_inference
     from .eval.predict import predict

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 __all__ = [
     "Preprocess", "Weights", "ZooEntry", "register_model", "list_models", "get_entry",
-    "resolve_name", "ADE20K_WHOLE_512", "ADE20K_SLIDE_512", "ADE20K_SLIDE_640",
+    "resolve_name", "tiny_overrides", "ADE20K_WHOLE_512", "ADE20K_SLIDE_512", "ADE20K_SLIDE_640",
 ]
 
 NAME_RE = re.compile(
@@ -221,6 +221,39 @@ def resolve_name(name: str) -> tuple[ZooEntry, str | None]:
     if tag:
         entry.get_weights(tag)  # validates the tag
     return entry, tag or None
+
+
+def tiny_overrides(name: str, *, depth: int = 4, img_size: int | None = None,
+                   num_classes: int | None = None) -> dict[str, Any]:
+    """``create_model`` overrides for a narrow, ``depth``-block version of an entry (tests, demos).
+
+    Every structural flag stays (head, neck, final norm, LayerNorm eps); widths become 32 (2 heads)
+    and 16 in necks and heads, and the tapped blocks keep their relative depth (2, 5, 8, 11 of 12 ->
+    0, 1, 2, 3 of 4). The result has random weights: it shows the API, not a trained model.
+
+    Args:
+        name: registry name (a ``.tag`` is accepted).
+        depth: transformer blocks of the small backbone.
+        img_size: size of its position table (default: the entry's).
+        num_classes: output classes (default: the entry's).
+    """
+    arch = get_entry(name).arch
+    taps, full_depth = arch["backbone"]["out_indices"], arch["backbone"]["depth"]
+    out = [i if i < 0 else min(i * depth // full_depth, depth - 1) for i in taps]
+    if len(set(out)) != len(out):
+        out = list(range(depth - len(out), depth))
+    backbone: dict[str, Any] = dict(embed_dim=32, depth=depth, num_heads=2, out_indices=tuple(out))
+    if img_size is not None:
+        backbone["img_size"] = img_size
+    over: dict[str, Any] = dict(backbone=backbone)
+    for key in ("channels", "aux_channels"):  # neck and head widths, where the family has them
+        if key in arch:
+            over[key] = 16
+    if "post_process_channels" in arch:  # DPT's reassemble widths
+        over["post_process_channels"] = [8, 16, 16, 32]
+    if num_classes is not None:
+        over["num_classes"] = num_classes
+    return over
 
 
 def get_entry(name: str) -> ZooEntry:

@@ -211,22 +211,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def tiny_overrides(arch: dict[str, Any]) -> dict[str, Any]:
-    """Architecture overrides that shrink a zoo entry to a few ms per forward."""
-    bb = arch["backbone"]
-    depth = 2
-    out = sorted({min(i % bb["depth"] * depth // bb["depth"], depth - 1) for i in bb["out_indices"]})
-    out = out if len(out) == len(bb["out_indices"]) else list(range(depth - len(bb["out_indices"]), depth))
-    over: dict[str, Any] = dict(backbone=dict(embed_dim=32, depth=depth, num_heads=2, img_size=64,
-                                              out_indices=tuple(out)), num_classes=5)
-    for k in arch:
-        if k in ("channels", "neck_channels"):
-            over[k] = 16
-        if k == "post_process_channels":
-            over[k] = [8, 16, 16, 32]
-    return over
-
-
 def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stride: tuple[int, int] | None
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     if mode == "slide":
@@ -322,7 +306,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = DTYPES[args.dtype]
     entry = vitseg.get_entry(args.model)
     pre = entry.preprocess
-    overrides = tiny_overrides(entry.arch) if args.tiny else {}
+    overrides = vitseg.tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
     if args.protocol == "forward":
         mode, crop, stride = "whole", None, None
         sizes = [(args.size, args.size)] * args.images
