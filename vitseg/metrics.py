@@ -71,15 +71,15 @@ class IoUMetric:
         k = self.num_classes
         label = label.to(self.hist.device, torch.int64).flatten()
         pred = pred.to(self.hist.device, torch.int64).flatten()
-        keep = label != self.ignore_index
-        pred, label = pred[keep], label[keep]
-        # torch.histc(bins=K, min=0, max=K-1) drops values outside [0, K-1]; do the same
-        hit = label[(pred == label) & (label >= 0) & (label < k)]
-        pred = pred[(pred >= 0) & (pred < k)]
-        label = label[(label >= 0) & (label < k)]
-        self.hist[0] += torch.bincount(hit, minlength=k)
-        self.hist[1] += torch.bincount(pred, minlength=k)
-        self.hist[2] += torch.bincount(label, minlength=k)
+        counted = label != self.ignore_index
+        # No boolean indexing and no bincount: both wait for the GPU (to size their output), and evaluate
+        # queues the next image's copy and forward while this one is still running. Values outside
+        # [0, K) (dropped by mmseg's torch.histc) and uncounted pixels all land in an extra bin K.
+        bins = torch.zeros(3, k + 1, dtype=torch.int64, device=self.hist.device)
+        one = torch.ones(1, dtype=torch.int64, device=self.hist.device).expand(label.numel())
+        for row, values, keep in ((0, label, counted & (pred == label)), (1, pred, counted), (2, label, counted)):
+            bins[row].index_add_(0, torch.where(keep & (values >= 0) & (values < k), values, k), one)
+        self.hist += bins[:, :k]
 
     def all_reduce(self, group: Any = None) -> None:
         """Sum the histograms over the processes of ``torch.distributed`` (gloo: CPU, NCCL: CUDA)."""
