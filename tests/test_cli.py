@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import vitseg
 from conftest import FIXTURES, load_manifest
+from test_evaluate import ade_root  # noqa: F401 -- a pytest fixture
 from vitseg._factory import _merge
 from vitseg._registry import unregister_model
 from vitseg.cli import main
@@ -68,6 +69,23 @@ def test_user_errors_are_one_line_without_traceback(tmp_path) -> None:
 def test_convert_mmseg_requires_model(tmp_path, capsys) -> None:
     assert main(["convert", "mmseg", os.path.join(FIXTURES, T16["checkpoint"]), str(tmp_path / "x.safetensors")]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_eval_runs_the_protocol_with_workers(tiny_entry, ade_root, tmp_path, capsys) -> None:  # noqa: F811
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "tiny.safetensors"
+    model = vitseg.create_model(tiny_entry)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    out = tmp_path / "res.json"
+    assert main(["eval", "--model", tiny_entry, "--checkpoint", str(ckpt), "--data", str(ade_root),
+                 "--device", "cpu", "--workers", "2", "--max-images", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    printed = json.loads(text[text.rindex("{"):])  # the summary the command prints last
+    saved = json.loads(out.read_text())
+    ref = vitseg.evaluate(model, vitseg.eval.ADE20K(ade_root), max_images=3, progress=False, verbose=False)
+    assert saved["num_images"] == 3 and saved["mIoU"] == printed["mIoU"] == ref["mIoU"]
+    assert saved["area_pred"] == ref["area_pred"] and 0 < saved["aAcc"] < 100
 
 
 def test_predict_writes_label_and_overlay(tiny_entry, tmp_path, capsys) -> None:

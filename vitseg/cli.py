@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="multi-scale + flip (the ms+flip column)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="sliding windows per forward pass")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers that decode and resize ahead of the model (default: up to 4)")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--out", default=None, help="write the results JSON here")
 
@@ -151,7 +153,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     model = _create(args)
     results = vitseg.evaluate(model, ADE20K(args.data, split=args.split), device=args.device,
                               dtype=torch.bfloat16 if args.bf16 else None, batch_size=args.batch_size,
-                              tta=args.tta, max_images=args.max_images, out_file=args.out)
+                              tta=args.tta, num_workers=args.workers, max_images=args.max_images,
+                              out_file=args.out)
     print(json.dumps({k: v for k, v in results.items() if k in ("aAcc", "mIoU", "mAcc")}, indent=1))
 
 

@@ -25,7 +25,11 @@ __all__ = ["evaluate"]
 
 
 class _Prepared(torch.utils.data.Dataset):
-    """Decodes (the dataset) and, for single-scale runs, resizes in the DataLoader workers."""
+    """Decodes (the dataset) and, for single-scale runs, resizes in the DataLoader workers.
+
+    Image and label leave as tensors, so a ``pin_memory`` DataLoader pins them in its own thread and the
+    host-to-GPU copies can run asynchronously.
+    """
 
     def __init__(self, dataset: Any, indices: list[int], scale: tuple[int, int] | None, backend: Backend) -> None:
         self.dataset, self.indices, self.scale, self.backend = dataset, indices, scale, backend
@@ -35,8 +39,9 @@ class _Prepared(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = dict(self.dataset[self.indices[i]])
+        item["label"] = torch.as_tensor(item["label"])
         if self.scale is not None:
-            item["resized"] = rescale_uint8(item["img"], self.scale, backend=self.backend)
+            item["resized"] = torch.from_numpy(rescale_uint8(item["img"], self.scale, backend=self.backend))
             item["size"] = item.pop("img").shape[:2]
         return item
 
@@ -73,7 +78,8 @@ def _json_safe(x: Any) -> Any:
 
 def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | None = None,
              dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False, num_workers: int = 0,
-             max_images: int | None = None, preprocess: Any = None, backend: Backend = "auto",
+             pin_memory: bool | None = None, max_images: int | None = None, preprocess: Any = None,
+             backend: Backend = "auto",
              out_file: str | os.PathLike | None = None, progress: bool = True, verbose: bool = True,
              max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """mIoU / mAcc / aAcc of ``model`` on ``dataset`` with mmseg's test pipeline and metric.
@@ -88,7 +94,9 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         batch_size: sliding windows per forward pass (slide mode); whole-mode images run one at a time
             since their resized shapes differ, as mmseg's batch size 1.
         tta: mmseg 0.x ms+flip (6 ratios x 2 flips).
-        num_workers: DataLoader workers for decoding and resizing.
+        num_workers: DataLoader workers for decoding and resizing (0: in this process, between forwards).
+        pin_memory: page-locked host copies of images and labels, so that their transfer to the GPU is
+            asynchronous (default: on when ``device`` is CUDA).
         max_images: evaluate only the first N images (before sharding).
         preprocess: overrides ``model.entry.preprocess``.
         backend: image backend (``"auto"``: OpenCV when installed, else the bit-exact Pillow/numpy path).
@@ -120,8 +128,10 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     indices = list(range(n))[rank::world]
     prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
+    if pin_memory is None:
+        pin_memory = device.type == "cuda"
     loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate)
+                                         collate_fn=_collate, pin_memory=pin_memory)
     metric = IoUMetric(num_classes, ignore_index=ignore_index, device=device)
     bar = None
     if progress and rank == 0:
@@ -131,7 +141,7 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     start = time.perf_counter()
     try:
         for (item,) in loader:
-            label = torch.as_tensor(item["label"]).to(device)
+            label = item["label"].to(device, non_blocking=True)
             pred = label_map(model, item.get("img"), preprocess, tta=tta, backend=backend, device=device,
                              batch_size=batch_size, dtype=dtype, max_bytes=max_bytes,
                              resized=item.get("resized"), size=item.get("size"))

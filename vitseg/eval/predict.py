@@ -78,7 +78,7 @@ def _add_probs(acc: torch.Tensor, logits: torch.Tensor, flip: bool, size: tuple[
 def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, tta: bool = False,
               backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
               dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-              tta_ratios: tuple[float, ...] = TTA_RATIOS, resized: np.ndarray | None = None,
+              tta_ratios: tuple[float, ...] = TTA_RATIOS, resized: np.ndarray | torch.Tensor | None = None,
               size: tuple[int, int] | None = None) -> torch.Tensor:
     """(H, W) int64 labels of a decoded (H, W, 3) uint8 RGB image, on ``device``.
 
