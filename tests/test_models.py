@@ -53,6 +53,18 @@ def test_state_dict_and_safetensors_round_trip(name: str, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_torch_compile_captures_one_graph(name: str) -> None:
+    """``torch.compile(fullgraph=True)`` traces the whole forward (any graph break raises), on an input
+    whose size needs padding and a resized position table; the ``eager`` backend keeps it fast on CPU."""
+    torch._dynamo.reset()
+    model = tiny_model(name).eval()
+    x = torch.randn(1, 3, 45, 75)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_entry_schema(name: str) -> None:
     entry = vitseg.get_entry(name)
     assert NAME_RE.match(name)
