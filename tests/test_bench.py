@@ -91,3 +91,79 @@ def test_count_flops_on_meta_includes_attention():
     q = torch.empty(b, h, n, d, device="meta")
     flops = count_flops(lambda x: nn.functional.scaled_dot_product_attention(x, x, x), [q])
     assert flops == 2 * (2 * b * h * n * n * d)  # QK^T and AV
+
+
+def test_set_fused_attention_switches_every_block_and_keeps_outputs():
+    import vitseg
+    from vitseg.bench import set_fused_attention
+    torch.manual_seed(0)
+    model = vitseg.create_model("segmenter_mask_vit_t16_ade20k",
+                                **vitseg.tiny_overrides("segmenter_mask_vit_t16_ade20k", depth=3)).eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        fused = model(x)
+        # three backbone blocks and the mask decoder's transformer layers
+        assert set_fused_attention(model, False) >= 3
+        assert not any(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+        explicit = model(x)
+    assert not torch.equal(fused, explicit)  # a different kernel really ran
+    assert (fused - explicit).abs().max() <= 1e-4  # the parity bar: either kernel matches mmseg
+
+
+def test_bench_windows_and_attention_switches():
+    common = ["--model", "segmenter_mask_vit_t16_ade20k", "--tiny", "--device", "cpu", "--images", "1",
+              "--short-side", "520", "--reps", "1", "--warmup", "1", "--threads", "1", "--quiet"]
+    one = run(common)
+    batched = run(common + ["--windows", "3", "--attention", "explicit"])
+    assert batched["windows"] == 3 and batched["attention"] == "explicit" and one["windows"] == 1
+    # the same crops are run, only grouped differently: the FLOP count cannot change
+    assert batched["flops_per_image"] == one["flops_per_image"] > 0
+    assert batched["vitseg"]["warmup_s"] > 0
+
+
+def _load_benchmark_script(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_table_merges_rows_and_records_failures(tmp_path):
+    """The GPU-table driver on CPU with tiny models: rows merge across runs, a failing row is kept."""
+    gpu_table = _load_benchmark_script("gpu_table")
+    common = ["--device", "cpu", "--images", "1", "--reps", "1", "--out", str(tmp_path),
+              "--extra", "--tiny --short-side 40 --threads 1 --no-flops"]
+    assert gpu_table.main(["--models", "segmenter_mask_vit_s16_ade20k", "upernet_deit_s16_ade20k",
+                           "--configs", "fp32", *common]) == 0
+    # a second run adds a column set; a bad model name is recorded as a failed row, exit status 1
+    assert gpu_table.main(["--models", "upernet_deit_s16_ade20k", "no_such_model", "--configs", "bf16",
+                           *common]) == 1
+    rows = json.loads((tmp_path / "gpu_table.json").read_text())
+    assert sorted((r["model"], r["config"]) for r in rows) == [
+        ("no_such_model", "bf16"), ("segmenter_mask_vit_s16_ade20k", "fp32"),
+        ("upernet_deit_s16_ade20k", "bf16"), ("upernet_deit_s16_ade20k", "fp32")]
+    assert "Unknown model" in next(r["error"] for r in rows if r["model"] == "no_such_model")
+    assert all(r["command"].startswith("python benchmarks/bench.py --model ") for r in rows)
+    md = (tmp_path / "gpu_table.md").read_text().splitlines()
+    body = [line for line in md if line.startswith("| ") and "`" in line]
+    assert len(body) == 4 and all(line.count("|") == 15 for line in body)
+    # rows come in the order of the published-fps table, then config order
+    assert [line.split("|")[2:4] for line in body][:3] == [
+        [" `upernet_deit_s16_ade20k` ", " fp32 "], [" `upernet_deit_s16_ade20k` ", " bf16 "],
+        [" `segmenter_mask_vit_s16_ade20k` ", " fp32 "]]
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory")
+def test_gpu_evaluate_script_on_cpu(tmp_path):
+    """The GPU evaluate check, run with the CPU as both devices: its plumbing and its report."""
+    gpu_evaluate = _load_benchmark_script("gpu_evaluate")
+    assert gpu_evaluate.main(["--device", "cpu", "--tiny", "--images", "2", "--check-images", "1",
+                              "--workers", "1", "--threads", "2", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "gpu_evaluate_segmenter_mask_vit_b16_ade20k.json").read_text())
+    assert r["check"]["mismatched_pixels"] == 0 and r["check"]["pixels"] > 0 and r["identical"]
+    assert [x["setting"] for x in r["runs"]] == ["num_workers=0", "num_workers=1", "num_workers=1, pin_memory",
+                                                 "num_workers=1, pin_memory, bf16"]
+    assert r["runs"][0]["mIoU"] == r["runs"][2]["mIoU"] and r["runs"][3]["dtype"] == "bfloat16"

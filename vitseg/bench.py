@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["main", "run", "fuse_conv_bn", "image_sizes", "make_batches", "MMSEG_CONFIGS",
+__all__ = ["main", "run", "fuse_conv_bn", "set_fused_attention", "image_sizes", "make_batches", "MMSEG_CONFIGS",
            "PUBLISHED_V100_FPS", "GPU_PEAK_TFLOPS"]
 
 # zoo name -> mmseg 1.x config under configs/ (zoo-spec §1.1). Names not registered yet are skipped.
@@ -183,7 +183,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zoo name (random weights; nothing is downloaded)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (default fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the vitseg model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the vitseg model (fullgraph)")
+    p.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                                                            "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (default: torch's default)")
     p.add_argument("--batch", type=int, default=1, help="images per forward (same size within a batch)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (both sides)")
     p.add_argument("--images", type=int, default=4, help="generated images per repetition (default 4)")
@@ -202,6 +205,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="python of the mmseg reference venv")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     p.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into convs (fuse_conv_bn)")
+    p.add_argument("--windows", type=int, default=1, help="slide protocol: crops per forward pass "
+                   "(vitseg.slide_inference batch_size; mmseg runs one)")
+    p.add_argument("--attention", choices=["sdpa", "explicit"], default="sdpa",
+                   help="sdpa: timm's fused F.scaled_dot_product_attention (default); explicit: "
+                        "softmax(q k^T) v written out, as timm does with fused attention off")
     p.add_argument("--grad-mode", choices=["inference_mode", "no_grad"], default="inference_mode",
                    help="vitseg's autograd context (mmseg runs under no_grad, as its test loop does)")
     p.add_argument("--tiny", action="store_true", help="shrunken widths/depth (for tests)")
@@ -211,12 +219,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stride: tuple[int, int] | None
-                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stride: tuple[int, int] | None,
+                 windows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     if mode == "slide":
         from .eval.inference import slide_inference
-        return lambda x: slide_inference(model, x, crop, stride)
+        return lambda x: slide_inference(model, x, crop, stride, batch_size=windows)
     return model
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's attention modules between SDPA and the written-out product; returns how many."""
+    found = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in found:
+        m.fused_attn = enabled
+    return len(found)
 
 
 def count_flops(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor]) -> int:
@@ -318,6 +334,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     model = vitseg.create_model(args.model, **overrides).to(device)
+    set_fused_attention(model, args.attention == "sdpa")
     fuse_diff = None
     if args.fuse_bn:
         ref = copy.deepcopy(model)
@@ -329,21 +346,25 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     batches = [x.to(device).contiguous(memory_format=memory_format) for x in batches_cpu]
-    fn = _protocol_fn(torch.compile(model) if args.compile else model, mode, crop, stride)
+    if args.compile:
+        # every family traces to one graph (tests/test_models.py), so a graph break is a bug: fail loudly
+        model = torch.compile(model, fullgraph=True, mode=args.compile_mode)
+    fn = _protocol_fn(model, mode, crop, stride, args.windows)
 
     flops = None
     if not args.no_flops:  # on the meta device: shapes only, no compute
         with torch.device("meta"):
             meta_model = build_from_entry(entry, _merge(entry.arch, overrides)).eval()
-        flops = count_flops(_protocol_fn(meta_model, mode, crop, stride), [x.to("meta") for x in batches_cpu])
+        flops = count_flops(_protocol_fn(meta_model, mode, crop, stride, args.windows),
+                            [x.to("meta") for x in batches_cpu])
 
     runners: dict[str, Callable[[], float]] = {"vitseg": _VitsegRunner(fn, batches, device, dtype, args.grad_mode)}
     mm = None
     if args.against_mmseg:
         if args.model not in MMSEG_CONFIGS:
             raise ValueError(f"No mmseg config known for '{args.model}'; known: {', '.join(MMSEG_CONFIGS)}")
-        if args.tiny or args.fuse_bn or args.compile:
-            say("note: --tiny/--fuse-bn/--compile apply to vitseg only")
+        if args.tiny or args.fuse_bn or args.compile or args.windows > 1 or args.attention != "sdpa":
+            say("note: --tiny/--fuse-bn/--compile/--windows/--attention apply to vitseg only")
         mm = _MmsegRunner(args.mmseg_python, dict(
             config=MMSEG_CONFIGS[args.model], threads=torch.get_num_threads(), device=device, dtype=args.dtype,
             sizes=sizes, batch=args.batch, seed=args.seed, mode=mode, crop=crop, stride=stride))
@@ -353,6 +374,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         f"{n_images} images of {sorted(set(sizes))[:4]}{'…' if len(set(sizes)) > 4 else ''}, batch {args.batch}, "
         f"{device} {args.dtype}, {torch.get_num_threads()} threads")
     times: dict[str, list[float]] = {k: [] for k in runners}
+    warmup_s: dict[str, float] = {k: 0.0 for k in runners}  # includes torch.compile's compilation
     peaks: dict[str, int | None] = {}
     try:
         order = list(runners)
@@ -367,6 +389,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 t = runners[name]()
                 if rep >= args.warmup:
                     times[name].append(t)
+                else:
+                    warmup_s[name] += t
             if rep >= args.warmup:
                 say(f"  rep {rep - args.warmup + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
         if torch.device(device).type == "cuda":
@@ -383,7 +407,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = dict(
         model=args.model, protocol=args.protocol, mode=mode, crop=crop, stride=stride, device=device,
         device_name=torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else _cpu_name(),
-        dtype=args.dtype, compile=args.compile, channels_last=args.channels_last, fuse_bn=args.fuse_bn,
+        dtype=args.dtype, compile=args.compile, compile_mode=args.compile_mode, windows=args.windows,
+        attention=args.attention, channels_last=args.channels_last, fuse_bn=args.fuse_bn,
         fuse_bn_max_abs_diff=fuse_diff, grad_mode=args.grad_mode, tiny=args.tiny, batch=args.batch,
         threads=torch.get_num_threads(), images=n_images, sizes=sizes, seed=args.seed, reps=args.reps,
         memory_kind="cuda_max_allocated" if device.startswith("cuda") else "peak_rss_growth",
@@ -392,7 +417,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     )
     for name, ts in times.items():
         sec = statistics.median(ts)
-        r = dict(seconds_per_rep=ts, median_s=sec, min_s=min(ts), images_per_s=n_images / sec,
+        r = dict(seconds_per_rep=ts, median_s=sec, min_s=min(ts), warmup_s=warmup_s[name],
+                 images_per_s=n_images / sec,
                  ms_per_image=1e3 * sec / n_images, peak_memory_bytes=peaks.get(name))
         if flops is not None:
             r["gflops_per_s"] = flops / sec / 1e9  # same model math on both sides
