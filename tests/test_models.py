@@ -64,6 +64,26 @@ def test_torch_compile_captures_one_graph(name: str) -> None:
         assert torch.equal(compiled(x), model(x))
 
 
+@pytest.mark.parametrize("name", ["upernet_vit_b16_mln_ade20k", "dpt_vit_b16_ade20k", "segmenter_mask_vit_t16_ade20k"])
+def test_torch_compile_does_not_recompile_per_image_size(name: str) -> None:
+    """Whole-image inference sees a new size per image: after the first shape, dynamo must trace one
+    dynamic graph (a few more where mmseg's semantics branch on odd grids), not one per size."""
+    from vitseg.bench import image_sizes
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = tiny_model(name).eval()
+    compiled = torch.compile(model, fullgraph=True, backend=count)
+    with torch.inference_mode():
+        for hw in image_sizes(10, short=64, seed=1):
+            compiled(torch.randn(1, 3, *hw))
+    assert len(graphs) <= 4, f"{len(graphs)} graphs for 10 image sizes"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_schema(name: str) -> None:
     entry = vitseg.get_entry(name)

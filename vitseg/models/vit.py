@@ -17,7 +17,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 
@@ -78,10 +77,12 @@ class VisionTransformer(nn.Module):
         if any(not -depth <= i < depth for i in out_indices):
             raise ValueError(f"out_indices {tuple(out_indices)} must lie in [0, {depth})")
 
-        # Padding is done in forward (mmseg pads the normalized image with zeros, bottom/right).
+        # dynamic_img_pad: zero padding at the bottom/right up to a multiple of the patch, as mmseg pads
+        # the normalized image. (Padding it ourselves left timm's divisibility assert in the graph, and
+        # torch.compile then specialized on every padded size: one recompilation per 16 pixels.)
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-            bias=True, flatten=False, strict_img_size=False)
+            bias=True, flatten=False, strict_img_size=False, dynamic_img_pad=True)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
@@ -118,10 +119,7 @@ class VisionTransformer(nn.Module):
         With ``output_cls_token`` each item is ``(map, cls)`` with ``cls`` of shape (B, C).
         """
         indices = self.out_indices if indices is None else tuple(i % len(self.blocks) for i in indices)
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % p, 0, -h % p))  # zero pad bottom/right to a multiple of the patch
-        x = self.patch_embed(x)  # (B, C, Hp, Wp)
+        x = self.patch_embed(x)  # (B, C, Hp, Wp), zero padded bottom/right to a multiple of the patch
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, C, Hp, Wp) -> (B, N, C)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
