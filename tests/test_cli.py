@@ -86,6 +86,7 @@ def test_eval_runs_the_protocol_with_workers(tiny_entry, ade_root, tmp_path, cap
     ref = vitseg.evaluate(model, vitseg.eval.ADE20K(ade_root), max_images=3, progress=False, verbose=False)
     assert saved["num_images"] == 3 and saved["mIoU"] == printed["mIoU"] == ref["mIoU"]
     assert saved["area_pred"] == ref["area_pred"] and 0 < saved["aAcc"] < 100
+    assert saved["num_workers"] == 2 and ref["num_workers"] == 0
 
 
 def test_predict_writes_label_and_overlay(tiny_entry, tmp_path, capsys) -> None:

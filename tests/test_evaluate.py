@@ -210,6 +210,11 @@ def test_evaluate_max_images_dtype_and_workers(ade_root: Path) -> None:
     ds = ADE20K(ade_root, backend="pillow")
     res = vitseg.evaluate(model, ds, preprocess=WHOLE, max_images=2, num_workers=1, progress=False, verbose=False)
     assert res["num_images"] == 2 and sum(res["area_label"]) == sum((ds[i]["label"] != 255).sum() for i in range(2))
+    assert res["num_workers"] == 1 and res["pin_memory"] is False  # pinning is for CUDA devices
+    inline = vitseg.evaluate(model, ds, preprocess=WHOLE, max_images=2, progress=False, verbose=False)
+    assert inline["num_workers"] == 0  # the CPU default: workers would compete with the model for cores
+    for key in ("area_intersect", "area_union", "area_pred", "area_label"):
+        assert inline[key] == res[key], key
     bf = vitseg.evaluate(model, ds, preprocess=WHOLE, max_images=2, dtype=torch.bfloat16, progress=False,
                          verbose=False)
     assert bf["dtype"] == "bfloat16" and sum(bf["area_label"]) == sum(res["area_label"])

@@ -77,7 +77,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | None = None,
-             dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False, num_workers: int = 0,
+             dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False, num_workers: int | None = None,
              pin_memory: bool | None = None, max_images: int | None = None, preprocess: Any = None,
              backend: Backend = "auto",
              out_file: str | os.PathLike | None = None, progress: bool = True, verbose: bool = True,
@@ -94,7 +94,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         batch_size: sliding windows per forward pass (slide mode); whole-mode images run one at a time
             since their resized shapes differ, as mmseg's batch size 1.
         tta: mmseg 0.x ms+flip (6 ratios x 2 flips).
-        num_workers: DataLoader workers for decoding and resizing (0: in this process, between forwards).
+        num_workers: DataLoader workers that decode and resize ahead of the model (0: in this process,
+            between forwards). Default: up to 4 on CUDA, 0 on CPU (where workers compete with the model).
         pin_memory: page-locked host copies of images and labels, so that their transfer to the GPU is
             asynchronous (default: on when ``device`` is CUDA).
         max_images: evaluate only the first N images (before sharding).
@@ -128,6 +129,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     indices = list(range(n))[rank::world]
     prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
     if pin_memory is None:
         pin_memory = device.type == "cuda"
     loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
@@ -170,6 +173,7 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         classes=classes, num_images=num_images, seconds=seconds,
         images_per_s=num_images / seconds if seconds > 0 else math.nan,
         tta=tta, dtype=str(dtype or torch.float32).replace("torch.", ""), world_size=world,
+        num_workers=num_workers, pin_memory=pin_memory,
         model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
         preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
                         mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
