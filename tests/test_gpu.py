@@ -117,6 +117,32 @@ def test_metric_update_never_waits_for_the_gpu() -> None:
     assert torch.equal(on_gpu.hist.cpu(), on_cpu.hist)
 
 
+@pytest.mark.parametrize("pp", [WHOLE, SLIDE], ids=["whole", "slide"])
+def test_evaluate_step_never_waits_for_the_gpu(pp) -> None:
+    """One image of evaluate's loop (pinned copies, normalize, forward, resized argmax, metric) queues
+    its work without a host sync, so the next image's copy and launch overlap this one's compute."""
+    from vitseg.eval.pipeline import rescale_uint8
+    from vitseg.eval.predict import label_map
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (40, 57, 3), dtype=torch.uint8, generator=gen).numpy()
+    resized = torch.from_numpy(rescale_uint8(img, pp.resize, backend="pillow")).pin_memory()
+    label = torch.randint(0, 150, (40, 57), generator=gen).pin_memory()
+    model, metric = tiny_model().cuda(), IoUMetric(150, device="cuda")
+
+    def step() -> None:
+        pred = label_map(model, None, pp, device="cuda", resized=resized, size=(40, 57))
+        metric.update(pred, label.to("cuda", non_blocking=True))
+
+    step()  # warm-up: cuDNN/cuBLAS handles and kernel selection may synchronize once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(metric.hist[2].sum()) == 2 * 40 * 57
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("pp", [WHOLE, SLIDE], ids=["whole", "slide"])
 def test_evaluate_on_cuda_matches_cpu(ade_root, pp) -> None:  # noqa: F811 -- pytest fixture

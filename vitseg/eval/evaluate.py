@@ -77,11 +77,10 @@ def _json_safe(x: Any) -> Any:
 
 
 def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | None = None,
-             dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False, num_workers: int | None = None,
-             pin_memory: bool | None = None, max_images: int | None = None, preprocess: Any = None,
-             backend: Backend = "auto",
-             out_file: str | os.PathLike | None = None, progress: bool = True, verbose: bool = True,
-             max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+             dtype: torch.dtype | None = None, batch_size: int = 1, tta: bool = False,
+             num_workers: int | None = None, pin_memory: bool | None = None, max_images: int | None = None,
+             preprocess: Any = None, backend: Backend = "auto", out_file: str | os.PathLike | None = None,
+             progress: bool = True, verbose: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """mIoU / mAcc / aAcc of ``model`` on ``dataset`` with mmseg's test pipeline and metric.
 
     Args:

@@ -212,8 +212,8 @@ def normalize(img: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequen
     """
     x = img if isinstance(img, torch.Tensor) else torch.from_numpy(img)
     x = x.to(device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    # built on the CPU and sent non_blocking: torch.tensor(..., device="cuda") would wait for the GPU
+    m, s = torch.tensor([mean, std], dtype=torch.float32).to(x.device, non_blocking=True).view(2, 1, -1, 1, 1)
     return (x - m) / s
 
 
