@@ -3,7 +3,7 @@
     python benchmarks/cpu_table.py --threads 2 --out benchmarks/results/cpu_table.md
 
 Each row is one ``benchmarks/bench.py --protocol forward --against-mmseg`` run in a fresh process, so
-vitseg and mmseg repetitions alternate within the row (see ``vitseg.bench``). Models not registered in
+vitseg and mmseg repetitions alternate within the row (see ``benchmarks/harness.py``). Models not registered in
 this checkout yet (the UPerNet and DPT families land from other branches) are skipped with a note.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 # one or more representatives per family, in table order
 FAMILIES: list[tuple[str, list[str]]] = [
@@ -32,7 +32,7 @@ FAMILIES: list[tuple[str, list[str]]] = [
 
 def render(results: list[dict], threads: int, reps: int, warmup: int, skipped: list[str]) -> str:
     """The markdown table (plus a line of conditions) for bench results of ``--protocol forward``."""
-    from vitseg.bench import MMSEG_CONFIGS
+    from harness import MMSEG_CONFIGS
     family_of = {n: fam for fam, names in FAMILIES for n in names}
     mib = lambda b: f"{b / 2**20:.0f}" if b is not None else "n/a"  # noqa: E731
     rows = ["| family | model | mmseg config | vitseg ms | mmseg ms | ratio of medians | median paired ratio "

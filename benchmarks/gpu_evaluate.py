@@ -9,7 +9,7 @@ downloaded. Then:
 
 1. **CPU vs GPU, fp32.** The first ``--check-images`` images are labelled with
    :func:`vitseg.eval.predict.label_map` on the CPU and on the GPU, and evaluated on both: the
-   fraction of pixels whose label differs and the two mIoUs are reported (issue #6's GPU check).
+   fraction of pixels whose label differs and the two mIoUs are reported (the GPU check of the evaluation).
 2. **Throughput of ``evaluate`` on the GPU** over all images with: no DataLoader workers (decode and
    resize between forwards), ``--workers`` workers, workers + pinned memory (the default on CUDA), and
    the same in bf16. The fp32 settings must give identical histograms (only the loading differs).
@@ -26,13 +26,14 @@ import sys
 import tempfile
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the harness and the checkout's vitseg
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vitseg  # noqa: E402
-from vitseg.bench import image_sizes  # noqa: E402
+from vitseg.benchmark import image_sizes  # noqa: E402
 from vitseg.eval import ADE20K  # noqa: E402
 from vitseg.eval.predict import label_map  # noqa: E402
 

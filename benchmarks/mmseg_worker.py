@@ -1,9 +1,9 @@
-"""mmseg side of ``vitseg bench --against-mmseg``; runs in the mmsegmentation 1.2.2 reference venv.
+"""mmseg side of ``benchmarks/bench.py --against-mmseg``; runs in the mmsegmentation 1.2.2 reference venv.
 
-Started by ``vitseg.bench`` with one JSON argument (config, threads, device, dtype, image sizes, batch,
+Started by ``benchmarks/harness.py`` with one JSON argument (config, threads, device, dtype, image sizes, batch,
 seed, whole/slide with crop and stride). It builds the config as ``tools/make_fixtures.py`` does
 (``SyncBN`` -> ``BN``, no pretrained weights, ``patch_bias=True`` as in the released checkpoints),
-generates the same images with ``vitseg.bench.make_batches``, prints one JSON line, then answers
+generates the same images with ``vitseg.benchmark.make_batches``, prints one JSON line, then answers
 commands on stdin, one JSON line each:
 
 * ``run``: one pass over all images (``encode_decode`` for whole, ``slide_inference`` for slide) under
@@ -20,13 +20,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 import mmcv_ext_stub  # noqa: E402,F401  (before mmcv / mmseg)
 import torch  # noqa: E402
 from make_fixtures import build_mmseg  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
-from vitseg.bench import DTYPES, autocast, make_batches, reset_rss_peak, rss_bytes, sync  # noqa: E402
+from harness import DTYPES, autocast, make_batches, reset_rss_peak, rss_bytes, sync  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Variants (each a copy of one randomly initialized model, all fed the same input)
 ``default`` (``torch.inference_mode``, timm's fused SDPA attention), ``no_grad`` (what mmseg's test loop
 uses), ``explicit_attn`` (timm's attention with SDPA off: ``softmax(q k^T) v`` written out, the
 attention mmseg's ViT runs), ``channels_last`` (model and input), ``fuse_bn``
-(``vitseg.bench.fuse_conv_bn``; only when the model has BatchNorm) and, with ``--compile``, ``compile``
+(``harness.fuse_conv_bn``; only when the model has BatchNorm) and, with ``--compile``, ``compile``
 (``torch.compile(fullgraph=True)``, inductor). Every repetition runs all variants in a rotating order; the
 table gives the median time and the median of the per-repetition ratios to ``default`` (< 1 is faster),
 and the largest output difference to ``default``. ``--dtype bf16`` runs every variant under autocast.
@@ -22,13 +22,14 @@ import sys
 import time
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the harness and the checkout's vitseg
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import vitseg  # noqa: E402
-from vitseg.bench import DTYPES, autocast, fuse_conv_bn, set_fused_attention, sync  # noqa: E402
+from harness import DTYPES, autocast, fuse_conv_bn, set_fused_attention, sync  # noqa: E402
 
 
 def bn_stack() -> nn.Module:

@@ -5,8 +5,7 @@
     python docs/gen_zoo.py --check    exit 1 if README.md's table differs from the registry
 
 It is also a mkdocs hook (``hooks: [docs/gen_zoo.py]`` in mkdocs.yml): at build time it fills the
-same markers in ``docs/zoo.md``, and it stands in a short placeholder for ``evaluation.md`` /
-``benchmarks.md`` while those pages (written on other branches) are not in the tree.
+same markers in ``docs/zoo.md``. How a name reads (head, backbone) is each family's ``describe``.
 """
 from __future__ import annotations
 
@@ -17,10 +16,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
-_HEADS = {"dpt": "DPT", "upernet": "UPerNet", "segmenter_linear": "Segmenter (linear)",
-          "segmenter_mask": "Segmenter (mask)"}
-_NAME = re.compile(r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit|deit)_([tslb])16(_ln)?(_mln)?_")
-_SIZES = {"t": "T", "s": "S", "b": "B", "l": "L"}
 
 
 def _vitseg():
@@ -28,14 +23,6 @@ def _vitseg():
         sys.path.insert(0, ROOT)
     import vitseg
     return vitseg
-
-
-def _describe(name: str) -> tuple[str, str]:
-    """(head, backbone) in words, from the name grammar of STYLE.md."""
-    head, family, size, ln, mln = _NAME.match(name).groups()
-    backbone = f"{'DeiT' if family == 'deit' else 'ViT'}-{_SIZES[size]}/16"
-    extras = [x for x, on in (("LN", ln), ("MLN", mln)) if on]
-    return _HEADS[head], backbone + (f" + {' + '.join(extras)}" if extras else "")
 
 
 def _test(pre) -> str:
@@ -56,7 +43,7 @@ def zoo_rows() -> list[dict[str, str]]:
     rows = []
     for name in vitseg.list_models():
         entry = vitseg.get_entry(name)
-        head, backbone = _describe(name)
+        head, backbone = entry.family.describe(entry)
         common = dict(head=head, backbone=backbone, params=f"{entry.num_params / 1e6:.1f}M",
                       test=_test(entry.preprocess))
         if not entry.weights:
@@ -64,7 +51,7 @@ def zoo_rows() -> list[dict[str, str]]:
         for w in entry.weights:
             model = f"{name}.{w.tag}" if len(entry.weights) > 1 else name
             rows.append(dict(common, model=model, miou=_metric(w, "mIoU"), ms=_metric(w, "mIoU_ms_flip"),
-                             weights=f"[mmseg]({w.url})"))
+                             weights=f"[{w.format}]({w.url})"))
     return rows
 
 
@@ -82,8 +69,8 @@ def zoo_table() -> str:
     lines += [
         "",
         f"{len(vitseg.list_models(pretrained=True))} checkpoints of {len(vitseg.list_models())} architectures. "
-        "mIoU and ms+flip (6 scales x 2 flips) on ADE20K-val are the numbers mmsegmentation reports for "
-        "each checkpoint; a `.tag` picks one of several checkpoints of one architecture (the first is the "
+        "mIoU and ms+flip (6 scales x 2 flips) on ADE20K-val are the numbers the source of each checkpoint "
+        "reports (the weights column names its format); a `.tag` picks one of several checkpoints of one architecture (the first is the "
         "default). Parameters exclude the training-only auxiliary head. "
         "¹ No released checkpoint: the architecture alone.",
     ]
@@ -101,23 +88,6 @@ def fill(text: str, table: str, where: str) -> str:
 
 
 # --------------------------------------------------------------------------- mkdocs hook
-
-_PLACEHOLDERS = {
-    "evaluation.md": "# Evaluation protocol\n\nThis page is written with the evaluation code "
-                     "(`vitseg.evaluate`) and is not part of this build yet.\n",
-    "benchmarks.md": "# Benchmarks\n\nThis page is written with the benchmark scripts (`vitseg bench`) "
-                     "and is not part of this build yet.\n",
-}
-
-
-def on_files(files, *, config):
-    """Stand in a placeholder for pages owned by other work that are not in the tree yet."""
-    from mkdocs.structure.files import File
-    for name, content in _PLACEHOLDERS.items():
-        if files.get_file_from_path(name) is None:
-            files.append(File.generated(config, name, content=content))
-    return files
-
 
 def on_page_markdown(markdown, *, page, config, files):
     """Fill the zoo table markers of any page that has them."""

@@ -26,7 +26,7 @@ NUM_CLASSES = 5
 METRICS = {"mIoU": 12.34, "mIoU_ms_flip": 13.5}
 
 # vitseg -> mmseg names: the inverse of convert_mmseg's table, written out separately so that a
-# wrong rule in the converter cannot cancel out in a round trip (zoo-spec §8.3).
+# wrong rule in the converter cannot cancel out in a round trip.
 _BLOCKS = r"^(backbone|decode_head)\.blocks\.(\d+)\."
 # fmt: off
 TO_MMSEG: list[tuple[str, str]] = [
@@ -65,7 +65,7 @@ def make_entry(name: str, url: str, sha256: str | None = None, format: str = "mm
     """A tiny test entry whose one checkpoint lives at ``url``."""
     base = vitseg.get_entry(BASE)
     weights = Weights(url=url, metrics=dict(METRICS), sha256=sha256, format=format)
-    return ZooEntry(name=name, build=base.build, arch=tiny_arch(), preprocess=base.preprocess,
+    return ZooEntry(name=name, family=base.family, arch=tiny_arch(), preprocess=base.preprocess,
                     weights=(weights,), source="test")
 
 

@@ -1,13 +1,19 @@
-"""The benchmark harness on a tiny model (CPU), and conv+BN folding."""
+"""``vitseg.benchmark``, ``vitseg bench`` and the side-by-side harness of ``benchmarks/`` on tiny models (CPU)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
-from vitseg.bench import fuse_conv_bn, image_sizes, main, make_batches, run
+import vitseg
+from vitseg.benchmark import benchmark, count_flops, image_sizes, make_batches
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from harness import fuse_conv_bn, main, run, set_fused_attention  # noqa: E402
 
 
 def test_image_sizes_are_deterministic_and_ade20k_like():
@@ -78,15 +84,32 @@ def test_fuse_conv_bn_keeps_outputs():
         fuse_conv_bn(model.train())
 
 
-def test_vitseg_bench_subcommand(capsys):
+def test_benchmark_function_times_the_entry_protocol():
+    name = "segmenter_mask_vit_t16_ade20k"
+    model = vitseg.create_model(name, **vitseg.tiny_overrides(name, depth=2))
+    r = benchmark(model, sizes=[(40, 70)], reps=2, warmup=0, device="cpu")
+    assert r["images"] == 1 and len(r["seconds_per_rep"]) == 2 and r["sizes"] == [(40, 70)]
+    assert r["images_per_s"] == pytest.approx(1 / r["median_s"]) and r["memory_kind"] == "peak_rss_growth"
+    whole = benchmark(model, sizes=[(40, 70)], reps=1, warmup=0, protocol="forward")
+    # slide at the entry's 512 crop on a 40x70 image is one window: the same FLOPs as one forward
+    assert r["flops_per_image"] == whole["flops_per_image"] > 0
+    two = benchmark(model, sizes=[(40, 70)], batch=2, reps=1, warmup=0, flops=True)
+    assert two["images"] == 2 and two["flops_per_image"] == pytest.approx(r["flops_per_image"])
+    with pytest.raises(ValueError, match="reps and batch must be >= 1"):
+        benchmark(model, reps=0)
+
+
+def test_vitseg_bench_subcommand(capsys, tmp_path):
     from vitseg.cli import main as cli_main
+    out = tmp_path / "b.json"
     assert cli_main(["bench", "--model", "segmenter_linear_vit_s16_ade20k", "--tiny", "--device", "cpu",
-                     "--images", "1", "--reps", "1", "--warmup", "0", "--short-side", "48", "--no-flops"]) == 0
+                     "--images", "2", "--reps", "1", "--warmup", "0", "--short-side", "48", "--json", str(out)]) == 0
     assert "img/s" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["images"] == 2 and all(min(s) == 48 for s in r["sizes"]) and r["flops_per_image"] > 0
 
 
 def test_count_flops_on_meta_includes_attention():
-    from vitseg.bench import count_flops
     b, h, n, d = 2, 3, 50, 16
     q = torch.empty(b, h, n, d, device="meta")
     flops = count_flops(lambda x: nn.functional.scaled_dot_product_attention(x, x, x), [q])
@@ -94,8 +117,6 @@ def test_count_flops_on_meta_includes_attention():
 
 
 def test_set_fused_attention_switches_every_block_and_keeps_outputs():
-    import vitseg
-    from vitseg.bench import set_fused_attention
     torch.manual_seed(0)
     model = vitseg.create_model("segmenter_mask_vit_t16_ade20k",
                                 **vitseg.tiny_overrides("segmenter_mask_vit_t16_ade20k", depth=3)).eval()

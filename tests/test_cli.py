@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import vitseg
 from conftest import FIXTURES, load_manifest
 from test_evaluate import ade_root  # noqa: F401 -- a pytest fixture
-from vitseg._factory import _merge
+from vitseg._factory import merge_arch
 from vitseg._registry import unregister_model
 from vitseg.cli import main
 
@@ -39,7 +39,7 @@ def test_list_and_info(capsys) -> None:
 @pytest.fixture
 def tiny_entry():
     entry = vitseg.get_entry("segmenter_mask_vit_t16_ade20k")
-    arch = _merge(entry.arch, T16["overrides"])
+    arch = merge_arch(entry.arch, T16["overrides"])
     tiny = dataclasses.replace(entry, name="segmenter_mask_vit_t16_clitest", arch=arch)
     vitseg.register_model(tiny)
     yield tiny.name

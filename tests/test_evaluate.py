@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vitseg
-from vitseg._registry import Preprocess
+from vitseg.data import Preprocess
 from vitseg.eval import ADE20K, FolderDataset
 from vitseg.eval import pipeline as P
 from vitseg.eval.inference import slide_inference
@@ -56,7 +56,7 @@ def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def naive_labels(model: torch.nn.Module, img: np.ndarray, pp: Preprocess, tta: bool) -> torch.Tensor:
-    """mmseg's flow written out with full-size tensors (zoo-spec §7.1, §7.6)."""
+    """mmseg's flow written out with full-size tensors (mmseg 1.2.2 ``EncoderDecoder.predict`` and 0.x ``aug_test``)."""
     h, w = img.shape[:2]
 
     def logits(x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +231,7 @@ def test_two_process_gloo_equals_single_process(ade_root: Path, tmp_path: Path) 
     script = tmp_path / "worker.py"
     script.write_text(
         "import json, os, sys, torch, vitseg\n"
-        "from vitseg._registry import Preprocess\n"
+        "from vitseg.data import Preprocess\n"
         "torch.set_num_threads(1)\n"
         "torch.manual_seed(0)\n"
         f"model = {MODEL_CODE}\n"

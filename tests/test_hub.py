@@ -15,7 +15,9 @@ import torch
 
 import vitseg
 from vitseg import _hub
+from vitseg._io import save_safetensors
 from vitseg._registry import unregister_model
+from vitseg.cli import main
 
 TESTS = Path(__file__).resolve().parent
 REPO_ROOT = TESTS.parent
@@ -109,7 +111,7 @@ def test_weights_already_in_vitseg_format(home, server, register):
     source = ht.random_model(8)
     file = server.root / "tiny.safetensors"
     file.parent.mkdir(parents=True)
-    _hub._save_safetensors(source.state_dict(), file)
+    save_safetensors(source.state_dict(), file)
     sha256 = ht.sha256_of(file)
     file = file.rename(file.with_name(f"tiny_8-{sha256[:8]}.safetensors"))
     name = register(f"{server.url}/{file.name}", sha256=sha256, format="vitseg")
@@ -320,8 +322,8 @@ def test_save_pretrained_and_local_dir(home, server, register, tmp_path):
 def test_export_zoo(home, server, register, tmp_path):
     source, _, url = _publish(server, seed=2)
     name = register(url)
-    [folder] = _hub.export_zoo(tmp_path / "zoo", names=[name])
-    assert folder == tmp_path / "zoo" / name
+    assert main(["export-zoo", str(tmp_path / "zoo"), "--pattern", name]) == 0
+    folder = tmp_path / "zoo" / name
     _same_weights(vitseg.create_model(f"local-dir:{folder}").state_dict(), source.state_dict())
 
 
@@ -384,18 +386,18 @@ def test_load_pretrained_backbone_timm_and_jax(home, server, tmp_path):
     os.replace(file, named)
 
     model = ht.random_model(0)  # img_size 512: the 14x14 table is resized to 32x32
-    _hub.load_pretrained_backbone(model, f"{server.url}/{named.name}")
+    vitseg.load_pretrained_backbone(model, f"{server.url}/{named.name}")
     _same_weights(model.backbone.state_dict(), convert_timm(sd, img_size=512))
     assert _files(home / "pretrained") == [named.name]
 
     bad = named.with_name("deit_tiny_patch16_224-00000000.pth")
     bad.write_bytes(named.read_bytes())
     with pytest.raises(ValueError, match="Hash mismatch"):
-        _hub.load_pretrained_backbone(model, f"{server.url}/{bad.name}")
+        vitseg.load_pretrained_backbone(model, f"{server.url}/{bad.name}")
     assert _files(home / "pretrained") == [named.name]
 
     rng = np.random.default_rng(0)
     npz = {k: rng.standard_normal(s).astype(np.float32) for k, s in ht.jax_npz_shapes(32, 2, 2, 24).items()}
     np.savez(tmp_path / "augreg.npz", **npz)
-    _hub.load_pretrained_backbone(model, tmp_path / "augreg.npz", format="jax")
+    vitseg.load_pretrained_backbone(model, tmp_path / "augreg.npz", format="jax")
     _same_weights(model.backbone.state_dict(), convert_jax(npz, img_size=512))

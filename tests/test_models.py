@@ -68,7 +68,7 @@ def test_torch_compile_captures_one_graph(name: str) -> None:
 def test_torch_compile_does_not_recompile_per_image_size(name: str) -> None:
     """Whole-image inference sees a new size per image: after the first shape, dynamo must trace one
     dynamic graph (a few more where mmseg's semantics branch on odd grids), not one per size."""
-    from vitseg.bench import image_sizes
+    from vitseg.benchmark import image_sizes
     graphs = []
 
     def count(gm, example_inputs):

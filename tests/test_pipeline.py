@@ -67,7 +67,7 @@ def test_decode_resize_normalize_match_mmseg(backend: str) -> None:
 
 
 def test_prepare_image_uses_preset() -> None:
-    from vitseg._registry import ADE20K_SLIDE_640
+    from vitseg.data import ADE20K_SLIDE_640
 
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (30, 200, 3), dtype=np.uint8)  # aspect > 4: the long side decides

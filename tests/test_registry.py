@@ -4,16 +4,19 @@ from __future__ import annotations
 import pytest
 
 import vitseg
-from vitseg._registry import ADE20K_SLIDE_512, Weights, ZooEntry, unregister_model
-from vitseg.models.segmenter import _build_segmenter
-
-SEGMENTER = ["segmenter_linear_vit_b16_ade20k", "segmenter_linear_vit_s16_ade20k",
-             "segmenter_mask_vit_b16_ade20k", "segmenter_mask_vit_l16_ade20k",
-             "segmenter_mask_vit_s16_ade20k", "segmenter_mask_vit_t16_ade20k"]
+from vitseg._registry import _REGISTRY, Weights, ZooEntry, unregister_model
+from vitseg.data import ADE20K_SLIDE_512
+from vitseg.models.segmenter import SEGMENTER
 
 
-def test_list_models_segmenter() -> None:
-    assert vitseg.list_models("segmenter*") == SEGMENTER
+def test_list_models_patterns_and_order() -> None:
+    everything = vitseg.list_models()
+    assert everything == sorted(_REGISTRY) and len(set(everything)) == len(everything)
+    segmenter = vitseg.list_models("segmenter*")
+    assert segmenter == [n for n in everything if n.startswith("segmenter")] and segmenter
+    pretrained = vitseg.list_models(pretrained=True)
+    expected = sum(len(vitseg.get_entry(n).weights) for n in everything)
+    assert len(pretrained) == len(set(pretrained)) == expected
 
 
 def test_list_pretrained_expands_tags_and_skips_architecture_only() -> None:
@@ -49,7 +52,7 @@ def test_architecture_only_entry_refuses_pretrained() -> None:
 
 
 def test_register_model_rejects_duplicates_and_bad_names() -> None:
-    entry = ZooEntry(name="segmenter_linear_vit_s16_private", build=_build_segmenter,
+    entry = ZooEntry(name="segmenter_linear_vit_s16_private", family=SEGMENTER,
                      arch=dict(vitseg.get_entry("segmenter_linear_vit_s16_ade20k").arch),
                      preprocess=ADE20K_SLIDE_512, weights=(Weights(url="file:///x-0123abcd.pth", metrics={}),),
                      num_params=1, source="test")
@@ -60,8 +63,10 @@ def test_register_model_rejects_duplicates_and_bad_names() -> None:
             vitseg.register_model(entry)
     finally:
         unregister_model(entry.name)
-    with pytest.raises(ValueError, match="does not follow"):
-        ZooEntry(name="MyModel", build=_build_segmenter, arch={}, preprocess=ADE20K_SLIDE_512)
+    with pytest.raises(ValueError, match="does not read"):
+        ZooEntry(name="MyModel", family=SEGMENTER, arch={}, preprocess=ADE20K_SLIDE_512)
+    with pytest.raises(ValueError, match="does not read"):
+        ZooEntry(name="segmenter_Linear_vit_s16_ade20k", family=SEGMENTER, arch={}, preprocess=ADE20K_SLIDE_512)
 
 
 def test_bad_override_lists_valid_keywords() -> None:

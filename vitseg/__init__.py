@@ -8,28 +8,31 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _API = {
-    "create_model": "._factory",
+    "create_model": "._factory", "load_pretrained_backbone": "._factory",
     "list_models": "._registry", "get_entry": "._registry", "register_model": "._registry",
     "tiny_overrides": "._registry",
-    "ZooEntry": "._registry", "Weights": "._registry", "Preprocess": "._registry",
+    "Family": "._registry", "ZooEntry": "._registry", "Weights": "._registry",
+    "Preprocess": ".data", "DatasetInfo": ".data", "register_dataset": ".data", "list_datasets": ".data",
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
-    "save_pretrained": "._hub", "push_to_hub": "._hub",
+    "save_pretrained": "._pretrained", "push_to_hub": "._pretrained",
     "evaluate": ".eval.evaluate", "predict": ".eval.predict",
+    "benchmark": ".benchmark",
 }
-_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "viz")
+_SUBMODULES = ("benchmark", "convert", "data", "eval", "metrics", "models", "viz")
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from ._factory import create_model
-    from ._hub import push_to_hub, save_pretrained
-    from ._registry import (Preprocess, Weights, ZooEntry, get_entry, list_models, register_model,
-                            tiny_overrides)
+    from ._factory import create_model, load_pretrained_backbone
+    from ._pretrained import push_to_hub, save_pretrained
+    from ._registry import Family, Weights, ZooEntry, get_entry, list_models, register_model, tiny_overrides
+    from .benchmark import benchmark
+    from .data import DatasetInfo, Preprocess, list_datasets, register_dataset
     from .eval.evaluate import evaluate
     from .eval.inference import slide_inference, whole_inference
     from .eval.predict import predict

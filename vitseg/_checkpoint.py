@@ -1,4 +1,13 @@
-"""Reading checkpoint files safely and loading them strictly, with errors a person can act on."""
+"""Checkpoint files in, loaded models out: read safely, tell the format, convert, load strictly.
+
+* :func:`read_checkpoint` reads a ``.safetensors``, a torch file (``weights_only``) or a ``.npz``, whatever
+  its name says, and unwraps ``{"state_dict": …}`` / ``{"model": …}``.
+* :func:`to_vitseg` converts a state dict with the format table (:mod:`vitseg.convert`), the format told
+  from the keys unless forced.
+* :func:`load_into` loads a whole-model state dict: the one place where training-only parts (auxiliary
+  heads) and class-sized tensors of another class count are dropped; everything else must match.
+* :func:`load_backbone` loads ImageNet weights into a backbone, adapted to it by the backbone itself.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,30 +15,26 @@ import os
 import pickle
 import zipfile
 from collections import defaultdict
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["read_state_dict", "read_torch_checkpoint", "load_strict", "describe_mismatch",
-           "CLASS_SIZED_KEYS"]
+from ._registry import Family
+from .convert import CheckpointFormat, get_format, identify_format
+
+__all__ = ["read_checkpoint", "read_state_dict", "to_vitseg", "load_into", "load_backbone", "load_file_into",
+           "load_strict", "describe_mismatch", "drop_class_sized"]
 
 _logger = logging.getLogger(__name__)
+_AUX = "auxiliary_head."
 
-# Head tensors whose first dimension is the number of classes (dropped when num_classes changes).
-CLASS_SIZED_KEYS = (
-    "decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
-    "decode_head.cls_emb", "decode_head.mask_norm.weight", "decode_head.mask_norm.bias",
-    "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias",
-)
 
+# --------------------------------------------------------------------------- reading
 
 def _numpy_safe_globals() -> list:
     """Plain-data numpy types that mmcv-era checkpoint metadata can hold (arrays, scalars, dtypes)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return []
+    import numpy as np
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
@@ -39,11 +44,38 @@ def _numpy_safe_globals() -> list:
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True`` (numpy metadata types allowed), errors explained."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+def _sniff(path: str) -> str:
+    """What the file is by its first bytes: safetensors, zip (torch or npz), pickle, or a description."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "an empty file (zero bytes)"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "a truncated or corrupt zip archive"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return "torch"
+    if head[:1] == b"\x80":
+        return "torch"  # a legacy (non-zip) torch pickle
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a download that returned a web page instead of the file?)"
+    if text.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer (run `git lfs pull` to get the real file)"
+    if text.startswith((b"{", b"[")):
+        return "a JSON or text file"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return "an unknown binary format"
+
+
+def _read_torch(path: str) -> Any:
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -55,31 +87,78 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict:
             "re-save just its weights (torch.save({'state_dict': sd}, ...)) or convert it to safetensors."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(
-            f"Could not read checkpoint {path}: the file is truncated or corrupt ({e}). "
-            "Delete it and download it again.") from None
+        raise ValueError(f"Could not read checkpoint {path}: the file is truncated or corrupt ({e}). "
+                         "Delete it and download it again.") from None
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or the ``state_dict`` of a torch checkpoint."""
+def _unwrap(obj: Any, path: str) -> dict[str, Any]:
+    for key in ("state_dict", "model"):  # mmcv / mmengine files; DeiT and DPT's own files
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds no state dict (a {type(obj).__name__}); expected a dict of tensors, "
+                         "optionally wrapped as {'state_dict': …} or {'model': …}.")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{path} holds a dict without tensors (keys: {', '.join(map(str, list(obj)[:5]))}); "
+                         "expected a state dict.")
+    return tensors
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The tensors (or, for ``.npz``, arrays) of a checkpoint file, told apart by content, not by name."""
     path = os.fspath(path)
-    if path.endswith(".safetensors"):
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; pass a checkpoint file (a save_pretrained folder loads "
+                                f"with create_model('local-dir:{path}')).")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    kind = _sniff(path)
+    if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Checkpoint not found: {path}")
         try:
             return load_file(path)
         except (SafetensorError, OSError) as e:
             raise ValueError(f"Could not read safetensors file {path}: truncated or corrupt ({e}). "
                              "Delete it and write or download it again.") from None
-    ckpt = read_torch_checkpoint(path)
-    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("state_dict"), Mapping):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(f"{path} holds no state dict (expected a dict of tensors or {{'state_dict': …}}).")
-    return dict(ckpt)
+    if kind == "torch":
+        return _unwrap(_read_torch(path), path)
+    if kind == "npz":
+        import numpy as np
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"Could not read {path} as a .npz: truncated or corrupt ({e}).") from None
+    raise ValueError(f"{path} is not a checkpoint: it looks like {kind}. Expected a .safetensors file, a "
+                     "torch .pth/.pt or a .npz.")
 
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (see :func:`read_checkpoint`), arrays made tensors."""
+    return {k: torch.as_tensor(v) for k, v in read_checkpoint(path).items()}
+
+
+# --------------------------------------------------------------------------- converting
+
+def to_vitseg(state_dict: Mapping[str, Any], *, format: str | None = None, family: Family | None = None,
+              what: str = "The checkpoint") -> tuple[dict[str, torch.Tensor], CheckpointFormat]:
+    """Convert ``state_dict`` to vitseg names; returns it with its format (told from the keys if not given).
+
+    Args:
+        state_dict: the file's tensors.
+        format: force a format of :data:`vitseg.convert.FORMATS` instead of recognising it.
+        family: its extra renames for this format are applied (a model's ``entry.family``).
+        what: how messages name the checkpoint.
+    """
+    fmt = get_format(format) if format is not None else identify_format(list(state_dict), what=what)
+    rules = family.rules.get(fmt.name, ()) if family is not None else ()
+    return fmt.convert(state_dict, rules), fmt
+
+
+# --------------------------------------------------------------------------- loading
 
 def _grouped(keys: Iterable[str], limit: int = 3) -> str:
     groups: dict[str, list[str]] = defaultdict(list)
@@ -125,11 +204,57 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, allow_missi
     model.load_state_dict(sd, strict=not allow)
 
 
-def drop_class_sized(sd: Mapping[str, torch.Tensor], num_classes: int) -> tuple[dict, list[str]]:
-    """Remove the head's class-sized tensors whose class count differs from ``num_classes``."""
-    dropped = [k for k in CLASS_SIZED_KEYS if k in sd and _num_classes_of(k, sd[k]) != num_classes]
+def drop_class_sized(sd: Mapping[str, torch.Tensor], num_classes: int, class_sized: Mapping[str, int]
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove the tensors of ``class_sized`` (key -> class dimension) whose class count is not ``num_classes``."""
+    dropped = [k for k, dim in class_sized.items() if k in sd and sd[k].shape[dim] != num_classes]
     return {k: v for k, v in sd.items() if k not in dropped}, dropped
 
 
-def _num_classes_of(key: str, t: torch.Tensor) -> int:
-    return t.shape[1] if key.endswith("cls_emb") else t.shape[0]
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, num_classes: int | None = None,
+              what: str = "checkpoint") -> None:
+    """Load a whole-model vitseg state dict strictly, with the two exceptions a user asks for.
+
+    Auxiliary heads (training only) in the file are dropped when the model has none. With
+    ``num_classes`` set, the family's class-sized tensors of another class count are not loaded (they keep
+    their fresh initialization) and a log line names them.
+    """
+    if getattr(model, "auxiliary_head", None) is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith(_AUX)}
+    dropped: list[str] = []
+    entry = getattr(model, "entry", None)
+    if num_classes is not None and entry is not None:
+        sd, dropped = drop_class_sized(sd, num_classes, entry.family.class_sized)
+        if dropped:
+            _logger.info("num_classes=%d differs from the %s: not loading %s", num_classes, what, ", ".join(dropped))
+    load_strict(model, sd, allow_missing=dropped, what=what)
+
+
+def load_backbone(backbone: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str = "backbone checkpoint"
+                  ) -> None:
+    """Load backbone weights (vitseg backbone names) after the backbone adapts them to itself.
+
+    A backbone with an ``adapt_pretrained(sd) -> sd`` method (position tables resized to its grid, parts
+    it does not have dropped, as mmseg's ``init_weights`` does) gets to do so first; then the load is strict.
+    """
+    adapt = getattr(backbone, "adapt_pretrained", None)
+    if adapt is not None:
+        sd = adapt(dict(sd))
+    load_strict(backbone, sd, what=what)
+
+
+def load_file_into(model: nn.Module, path: str | os.PathLike, *, format: str | None = None,
+                   num_classes: int | None = None) -> CheckpointFormat:
+    """Read ``path``, convert it and load it into ``model`` (whole model or, for ImageNet formats, its backbone).
+
+    Returns the checkpoint's format.
+    """
+    what = f"checkpoint {os.fspath(path)}"
+    entry = getattr(model, "entry", None)
+    sd, fmt = to_vitseg(read_checkpoint(path), format=format, family=entry.family if entry else None,
+                        what=f"The {what}")
+    if fmt.scope == "backbone":
+        load_backbone(getattr(model, "backbone", model), sd, what=f"{fmt.name} backbone {what}")
+    else:
+        load_into(model, sd, num_classes=num_classes, what=what)
+    return fmt

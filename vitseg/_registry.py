@@ -1,8 +1,14 @@
-"""The model zoo registry: one frozen :class:`ZooEntry` per architecture, with its checkpoints.
+"""The model zoo registry: head families and their entries, one frozen declaration each.
 
-A name is ``<head>_<backbone>[_ln][_mln]_<dataset>``; a ``.tag`` suffix picks one of several
-checkpoints of the same architecture (``upernet_deit_s16_ade20k.160k``). The first tagged weight
-registered is the default.
+A :class:`Family` says, once, what is specific to a head family: its builder, its tiny variant for tests
+and demos, which of its tensors count classes, the key renames its modules need per checkpoint format,
+and how its names read in the zoo table. A :class:`ZooEntry` is one architecture of a family with its
+released checkpoints (:class:`Weights`), test pipeline and reported numbers.
+
+Names read ``<head>_<backbone>[_<variant>...]_<dataset>`` in lower case (``upernet_deit_s16_ln_mln_ade20k``);
+a ``.tag`` suffix picks one of several checkpoints of the same architecture
+(``upernet_deit_s16_ade20k.160k``). The first tagged weight registered is the default. The registry
+checks that names are well formed and unique; which heads and backbones exist is the families' business.
 """
 from __future__ import annotations
 
@@ -11,57 +17,43 @@ import difflib
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Mapping, Sequence
 
 import torch.nn as nn
 
+from .data import DatasetInfo, Preprocess, dataset_info
+
 __all__ = [
-    "Preprocess", "Weights", "ZooEntry", "register_model", "list_models", "get_entry",
-    "resolve_name", "tiny_overrides", "ADE20K_WHOLE_512", "ADE20K_SLIDE_512", "ADE20K_SLIDE_640",
+    "Family", "Weights", "ZooEntry", "Rule", "register_model", "unregister_model", "list_models",
+    "get_entry", "resolve_name", "tiny_overrides", "NAME_RE",
 ]
 
-NAME_RE = re.compile(
-    r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit_t16|vit_s16|vit_b16|vit_l16|deit_s16|deit_b16)"
-    r"(_ln)?(_mln)?_[a-z0-9]+$"
-)
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-HALF_MEAN = (127.5, 127.5, 127.5)
-HALF_STD = (127.5, 127.5, 127.5)
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
+Rule = tuple[str, str]  # (regex, replacement) applied to one state-dict key
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """How the source evaluated the model: normalization (RGB, 0-255 scale), resize and inference mode.
+class Family:
+    """What vitseg knows about one head family, declared once at the bottom of its file.
 
     Args:
-        mean: per-channel RGB mean subtracted from 0-255 pixel values.
-        std: per-channel RGB std the centred values are divided by.
-        resize: mmcv keep-ratio scale ``(long, short)``; the image is rescaled so that it fits in it.
-        mode: ``"whole"`` (one pass over the resized image) or ``"slide"`` (overlapping crops).
-        crop_size: ``(h, w)`` of a sliding window (slide mode only).
-        stride: ``(h, w)`` step between windows (slide mode only).
+        name: short identifier (``"upernet"``).
+        build: keyword-only builder; an entry's ``arch`` holds its keyword arguments.
+        tiny: ``tiny(arch, depth=, img_size=) -> overrides`` for a narrow, shallow version of an entry
+            that keeps every structural flag (used by tests, examples and benchmarks).
+        describe: ``describe(entry) -> (head, backbone)`` in words, for the zoo table.
+        class_sized: state-dict keys whose size counts classes, with the dimension that does; these are
+            dropped when a checkpoint is loaded with another ``num_classes``.
+        rules: extra ``(regex, replacement)`` key renames per checkpoint format (``{"mmseg": [...]}``), for
+            modules of this family the format's shared table does not know.
     """
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: tuple[int, int] = (2048, 512)
-    mode: Literal["whole", "slide"] = "whole"
-    crop_size: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("whole", "slide"):
-            raise ValueError(f"Preprocess.mode must be 'whole' or 'slide', got {self.mode!r}")
-        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
-            raise ValueError("Preprocess(mode='slide') needs crop_size and stride")
-
-
-ADE20K_WHOLE_512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="whole")
-ADE20K_SLIDE_512 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2048, 512), mode="slide",
-                              crop_size=(512, 512), stride=(480, 480))
-ADE20K_SLIDE_640 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2560, 640), mode="slide",
-                              crop_size=(640, 640), stride=(608, 608))
+    name: str
+    build: Callable[..., nn.Module]
+    tiny: Callable[..., dict[str, Any]]
+    describe: Callable[[ZooEntry], tuple[str, str]]
+    class_sized: Mapping[str, int] = field(default_factory=dict)
+    rules: Mapping[str, Sequence[Rule]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,7 @@ class Weights:
         tag: the name suffix that picks this checkpoint when an entry has several (``"80k"``).
         sha256: the full SHA-256 of the file at ``url`` once known (checked in addition to the suffix).
         hf_hub_id: a Hugging Face Hub repo holding the converted weights, tried before ``url``.
-        format: the layout of the file at ``url`` (``"mmseg"``: an mmseg ``.pth``).
+        format: the checkpoint format of the file at ``url``, a name of :data:`vitseg.convert.FORMATS`.
         source: the config that trained it.
     """
 
@@ -83,7 +75,7 @@ class Weights:
     tag: str | None = None
     sha256: str | None = None
     hf_hub_id: str | None = None
-    format: Literal["mmseg", "vitseg"] = "mmseg"
+    format: str = "mmseg"
     source: str = ""
 
     @property
@@ -92,6 +84,10 @@ class Weights:
         m = re.search(r"-([0-9a-f]{8,})\.", self.url.rsplit("/", 1)[-1])
         return m.group(1) if m else None
 
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
 
 @dataclass(frozen=True)
 class ZooEntry:
@@ -99,18 +95,18 @@ class ZooEntry:
 
     Args:
         name: registry name (no tag).
-        build: keyword-only builder called with ``arch`` (plus user overrides).
+        family: the head family it belongs to (builder, tiny variant, class-sized keys, renames).
         arch: JSON-serializable builder kwargs.
         preprocess: how the source evaluated the model.
         weights: released checkpoints, the default first. Empty for architecture-only entries.
-        num_params: learnable parameters of the full-size model (auxiliary head excluded).
-        dataset: dataset the head was trained on.
+        num_params: learnable parameters of the full-size model (auxiliary heads excluded).
+        dataset: name of the dataset the head was trained on (see :func:`vitseg.data.dataset_info`).
         source: reference config (and commit).
         notes: anything a user must know, e.g. why no weights exist.
     """
 
     name: str
-    build: Callable[..., nn.Module]
+    family: Family
     arch: dict[str, Any]
     preprocess: Preprocess
     weights: tuple[Weights, ...] = ()
@@ -121,12 +117,18 @@ class ZooEntry:
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
-            raise ValueError(
-                f"Model name {self.name!r} does not follow <head>_<backbone>[_ln][_mln]_<dataset> "
-                f"(see STYLE.md); pattern: {NAME_RE.pattern}")
+            raise ValueError(f"Model name {self.name!r} does not read <head>_<backbone>[_<variant>...]_<dataset>: "
+                             "lower-case words of letters and digits joined by '_'.")
+        if not isinstance(self.family, Family):
+            raise TypeError(f"{self.name}: family must be a vitseg Family, got {type(self.family).__name__}")
         tags = [w.tag for w in self.weights]
         if len(self.weights) > 1 and (None in tags or len(set(tags)) != len(tags)):
             raise ValueError(f"{self.name}: several checkpoints need distinct tags, got {tags}")
+
+    @property
+    def build(self) -> Callable[..., nn.Module]:
+        """The family's builder."""
+        return self.family.build
 
     @property
     def tags(self) -> list[str]:
@@ -134,16 +136,18 @@ class ZooEntry:
         return [w.tag for w in self.weights if w.tag is not None]
 
     @property
+    def dataset_info(self) -> DatasetInfo:
+        return dataset_info(self.dataset)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         """Class names of the dataset the head predicts."""
-        from .data import dataset_info
-        return dataset_info(self.dataset).classes
+        return self.dataset_info.classes
 
     @property
     def palette(self) -> tuple[tuple[int, int, int], ...]:
         """RGB colour per class."""
-        from .data import dataset_info
-        return dataset_info(self.dataset).palette
+        return self.dataset_info.palette
 
     def get_weights(self, tag: str | None = None) -> Weights:
         """The checkpoint for ``tag`` (default: the first registered)."""
@@ -160,9 +164,14 @@ class ZooEntry:
         valid = ", ".join(f"'{self.name}.{t}'" for t in self.tags) or f"'{self.name}' (no tags)"
         raise ValueError(f"Unknown tag '{tag}' for model '{self.name}'. Valid: {valid}.")
 
+    def full_name(self, weights: Weights | None = None) -> str:
+        """``name[.tag]``: what ``create_model`` takes to load ``weights``."""
+        return f"{self.name}.{weights.tag}" if weights is not None and weights.tag else self.name
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable view (the builder is given by its qualified name)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "build"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "family"}
+        d["family"] = self.family.name
         d["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
         d["preprocess"] = dataclasses.asdict(self.preprocess)
         d["weights"] = [dataclasses.asdict(w) for w in self.weights]
@@ -198,10 +207,8 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
         entry = _REGISTRY[name]
         if not pretrained:
             names = [name]
-        elif len(entry.weights) > 1:
-            names = [f"{name}.{t}" for t in entry.tags]
         else:
-            names = [name] if entry.weights else []
+            names = [entry.full_name(w) for w in entry.weights]
         out += [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(name, pattern)]
     return out
 
@@ -223,13 +230,19 @@ def resolve_name(name: str) -> tuple[ZooEntry, str | None]:
     return entry, tag or None
 
 
+def get_entry(name: str) -> ZooEntry:
+    """The :class:`ZooEntry` for ``name`` (a ``.tag`` suffix is accepted and validated)."""
+    return resolve_name(name)[0]
+
+
 def tiny_overrides(name: str, *, depth: int = 4, img_size: int | None = None,
                    num_classes: int | None = None) -> dict[str, Any]:
     """``create_model`` overrides for a narrow, ``depth``-block version of an entry (tests, demos).
 
-    Every structural flag stays (head, neck, final norm, LayerNorm eps); widths become 32 (2 heads)
-    and 16 in necks and heads, and the tapped blocks keep their relative depth (2, 5, 8, 11 of 12 ->
-    0, 1, 2, 3 of 4). The result has random weights: it shows the API, not a trained model.
+    Every structural flag stays (head, neck, final norm, LayerNorm eps); what shrinks is up to the
+    entry's family (typically 32-wide backbones with 2 heads and 16-wide necks and heads, the tapped
+    blocks at the same relative depth). The result has random weights: it shows the API, not a trained
+    model.
 
     Args:
         name: registry name (a ``.tag`` is accepted).
@@ -237,25 +250,8 @@ def tiny_overrides(name: str, *, depth: int = 4, img_size: int | None = None,
         img_size: size of its position table (default: the entry's).
         num_classes: output classes (default: the entry's).
     """
-    arch = get_entry(name).arch
-    taps, full_depth = arch["backbone"]["out_indices"], arch["backbone"]["depth"]
-    out = [i if i < 0 else min(i * depth // full_depth, depth - 1) for i in taps]
-    if len(set(out)) != len(out):
-        out = list(range(depth - len(out), depth))
-    backbone: dict[str, Any] = dict(embed_dim=32, depth=depth, num_heads=2, out_indices=tuple(out))
-    if img_size is not None:
-        backbone["img_size"] = img_size
-    over: dict[str, Any] = dict(backbone=backbone)
-    for key in ("channels", "aux_channels"):  # neck and head widths, where the family has them
-        if key in arch:
-            over[key] = 16
-    if "post_process_channels" in arch:  # DPT's reassemble widths
-        over["post_process_channels"] = [8, 16, 16, 32]
+    entry = get_entry(name)
+    over = entry.family.tiny(entry.arch, depth=depth, img_size=img_size)
     if num_classes is not None:
         over["num_classes"] = num_classes
     return over
-
-
-def get_entry(name: str) -> ZooEntry:
-    """The :class:`ZooEntry` for ``name`` (a ``.tag`` suffix is accepted and validated)."""
-    return resolve_name(name)[0]

@@ -17,7 +17,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, help="zoo name, optionally with a tag (name.tag)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pretrained", action="store_true", help="use the entry's released weights")
-    src.add_argument("--checkpoint", metavar="PATH", help="a vitseg .safetensors or an mmseg .pth")
+    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file (vitseg, mmseg, ...; told by content)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
 
     p = sub.add_parser("convert", help="convert a checkpoint to vitseg safetensors")
-    p.add_argument("format", choices=["mmseg", "timm", "jax"], help="format of SRC")
+    p.add_argument("format", help="format of SRC: mmseg, vitseg (whole models; need --model), timm, jax "
+                                  "(ImageNet backbones), or another name of vitseg.convert.FORMATS")
     p.add_argument("src")
     p.add_argument("dst", help="output .safetensors")
-    p.add_argument("--model", help="mmseg: zoo model the checkpoint is for (checked by a strict load)")
-    p.add_argument("--img-size", type=int, help="timm/jax: resize the position table for this input size")
+    p.add_argument("--model", help="whole-model formats: the zoo model the checkpoint is for (checked by a strict load)")
+    p.add_argument("--img-size", type=int, help="backbone formats: resize the position table for this input size")
 
     p = sub.add_parser("predict", help="segment images; writes label and overlay PNGs")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -46,10 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1… (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
 
-    p = sub.add_parser("eval", help="mIoU on ADE20K (or a folder dataset) with the source's protocol")
+    p = sub.add_parser("eval", help="mIoU on a dataset with the source's protocol")
     _model_args(p)
-    p.add_argument("--data", required=True, help="ADE20K root (ADEChallengeData2016 or its parent)")
-    p.add_argument("--split", default="validation")
+    p.add_argument("--dataset", default="ade20k", help="a registered dataset: ade20k (default) or folder "
+                                                       "(DATA/images + DATA/labels with the same stems)")
+    p.add_argument("--data", required=True, help="the dataset's root folder (ADE20K: ADEChallengeData2016 or "
+                                                 "its parent)")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the dataset's)")
+    p.add_argument("--class-names", metavar="FILE", help="folder datasets: a text file, one class name per line")
+    p.add_argument("--reduce-zero-label", action="store_true",
+                   help="folder datasets: label 0 is 'unlabelled' and classes start at 1")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip (the ms+flip column)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--device", default=None)
@@ -59,8 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--out", default=None, help="write the results JSON here")
 
-    p = sub.add_parser("bench", help="throughput and memory of a model (see benchmarks/bench.py)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/bench.py")
+    p = sub.add_parser("bench", help="images/s, peak memory and FLOPs of a model (random weights)")
+    p.add_argument("--model", required=True, help="zoo name")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
+    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+    p.add_argument("--images", type=int, default=4, help="generated ADE20K-like images (default 4)")
+    p.add_argument("--short-side", type=int, default=None, help="their short side (default: the entry's)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    p.add_argument("--tiny", action="store_true", help="a shrunken model (for a quick look)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--json", metavar="OUT", help="also write the results here")
 
     p = sub.add_parser("export-zoo", help="convert zoo checkpoints into Hugging Face Hub folders")
     p.add_argument("out", help="output folder (one subfolder per checkpoint)")
@@ -69,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _create(args: argparse.Namespace):
-    import vitseg
+    from ._factory import create_model
     try:
-        return vitseg.create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+        return create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
     except OSError as e:  # download failed: name the command-line way to use a local file
         if not args.pretrained:
             raise
@@ -79,10 +96,11 @@ def _create(args: argparse.Namespace):
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
-    import vitseg
+    from . import models  # noqa: F401  (importing the families registers the zoo)
+    from ._registry import list_models, resolve_name
     rows = [("name", "params", "crop", "mode", "mIoU", "ms+flip")]
-    for name in vitseg.list_models(args.pattern, pretrained=args.pretrained):
-        entry, tag = vitseg._registry.resolve_name(name)
+    for name in list_models(args.pattern, pretrained=args.pretrained):
+        entry, tag = resolve_name(name)
         pre = entry.preprocess
         crop = "x".join(map(str, pre.crop_size)) if pre.crop_size else f"{pre.resize[1]}"
         metrics = entry.get_weights(tag).metrics if entry.weights else {}
@@ -95,32 +113,32 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    import vitseg
-    print(json.dumps(vitseg.get_entry(args.name).to_dict(), indent=2))
+    from . import models  # noqa: F401  (importing the families registers the zoo)
+    from ._registry import get_entry
+    print(json.dumps(get_entry(args.name).to_dict(), indent=2))
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from . import convert
-    from ._checkpoint import read_state_dict
-    from ._hub import _save_safetensors
-    if args.format == "mmseg":
+    from ._checkpoint import read_checkpoint, to_vitseg
+    from ._factory import create_model
+    from ._io import save_safetensors
+    from .convert import get_format, resize_pos_embed
+    fmt = get_format(args.format)
+    if fmt.scope == "model":
         if not args.model:
-            raise ValueError("convert mmseg needs --model NAME (the zoo entry the checkpoint belongs to)")
-        import vitseg
-        model = vitseg.create_model(args.model, checkpoint_path=args.src)  # strict: checks every key
+            raise ValueError(f"convert {fmt.name} needs --model NAME (the zoo entry the checkpoint belongs to)")
+        model = create_model(args.model, checkpoint_path=args.src, format=fmt.name)  # strict: checks every key
         sd, meta = model.state_dict(), {"vitseg_model": args.model, "source": os.path.basename(args.src)}
-    elif args.format == "timm":
-        sd, meta = convert.convert_timm(read_state_dict(args.src), img_size=args.img_size), {"source": "timm"}
     else:
-        import numpy as np
-        with np.load(args.src) as npz:
-            sd = convert.convert_jax(dict(npz), img_size=args.img_size)
-        meta = {"source": "jax"}
+        sd, _ = to_vitseg(read_checkpoint(args.src), format=fmt.name, what=f"The file {args.src}")
+        if args.img_size is not None and "pos_embed" in sd:
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], args.img_size, sd["patch_embed.proj.weight"].shape[-1])
+        meta = {"source": fmt.name}
     dst = Path(args.dst).absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _save_safetensors(sd, dst, metadata=meta)  # temporary file + os.replace: never half-written
+    save_safetensors(sd, dst, metadata=meta)  # temporary file + os.replace: never half-written
     print(f"wrote {args.dst} ({len(sd)} tensors)")
 
 
@@ -129,7 +147,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
-    import vitseg
+    from .eval.predict import predict
     from .viz import colorize, overlay
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _create(args).to(device)
@@ -137,7 +155,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         image = Image.open(path).convert("RGB")
-        labels = np.asarray(vitseg.predict(model, image, dtype=torch.bfloat16 if args.bf16 else None).cpu())
+        labels = np.asarray(predict(model, image, dtype=torch.bfloat16 if args.bf16 else None).cpu())
         stem = os.path.splitext(os.path.basename(path))[0]
         Image.fromarray(labels.astype(np.uint8)).save(os.path.join(args.out, f"{stem}_labels.png"))
         colorize(labels, entry.palette).save(os.path.join(args.out, f"{stem}_color.png"))
@@ -145,37 +163,65 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"{path}: wrote {args.out}/{stem}_labels.png, {stem}_overlay.png")
 
 
+def _open_dataset(args: argparse.Namespace, num_classes: int):
+    from .data import dataset_info
+    from .eval.datasets import open_dataset
+    classes = None
+    if args.class_names:
+        with open(args.class_names, encoding="utf-8") as f:
+            classes = [line.strip() for line in f if line.strip()]
+    if dataset_info(args.dataset).classes:
+        if classes is not None or args.reduce_zero_label:
+            raise ValueError(f"--class-names and --reduce-zero-label are for folder datasets; '{args.dataset}' "
+                             "declares its own.")
+        return open_dataset(args.dataset, args.data, args.split)
+    return open_dataset(args.dataset, args.data, args.split, classes=classes,
+                        num_classes=None if classes else num_classes, reduce_zero_label=args.reduce_zero_label)
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    import vitseg
-    from .eval.datasets import ADE20K
+    from .eval.evaluate import evaluate
     model = _create(args)
-    results = vitseg.evaluate(model, ADE20K(args.data, split=args.split), device=args.device,
-                              dtype=torch.bfloat16 if args.bf16 else None, batch_size=args.batch_size,
-                              tta=args.tta, num_workers=args.workers, max_images=args.max_images,
-                              out_file=args.out)
-    print(json.dumps({k: v for k, v in results.items() if k in ("aAcc", "mIoU", "mAcc")}, indent=1))
+    dataset = _open_dataset(args, model.num_classes)
+    results = evaluate(model, dataset, device=args.device, dtype=torch.bfloat16 if args.bf16 else None,
+                       batch_size=args.batch_size, tta=args.tta, num_workers=args.workers,
+                       max_images=args.max_images, out_file=args.out)
+    summary = {k: v for k, v in results.items() if k in ("aAcc", "mIoU", "mAcc")}
+    print(json.dumps({k: (None if v != v else v) for k, v in summary.items()}, indent=1))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import main as bench_main
-    bench_main(args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args)
+    from .benchmark import DTYPES, benchmark, image_sizes
+    from ._factory import create_model
+    from ._registry import get_entry, tiny_overrides
+    overrides = tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
+    model = create_model(args.model, **overrides)
+    short = args.short_side or get_entry(args.model).preprocess.resize[1]
+    r = benchmark(model, sizes=image_sizes(args.images, short=short), batch=args.batch, device=args.device,
+                  dtype=DTYPES[args.dtype], reps=args.reps, warmup=args.warmup, flops=not args.no_flops)
+    mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] is not None else "n/a"
+    flops = f", {r['flops_per_image'] / 1e9:.4g} GFLOPs/img" if r["flops_per_image"] is not None else ""
+    print(f"{args.model}: {r['images_per_s']:.3f} img/s, {r['ms_per_image']:.1f} ms/img, peak mem {mem} "
+          f"({r['memory_kind']}){flops}; {r['device']} {r['dtype']}, {r['images']} images")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
 
 
 def _cmd_export_zoo(args: argparse.Namespace) -> None:
-    import vitseg
-    from ._hub import export_zoo
-    for path in export_zoo(args.out, names=vitseg.list_models(args.pattern, pretrained=True)):
-        print(f"wrote {path}")
+    from pathlib import Path
+
+    from ._factory import create_model
+    from ._pretrained import save_pretrained
+    from ._registry import list_models
+    for name in list_models(args.pattern, pretrained=True):
+        print(f"wrote {save_pretrained(create_model(name, pretrained=True), Path(args.out).expanduser() / name)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vitseg`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "bench" in argv and all(a.startswith("-") for a in argv[:argv.index("bench")]):
-        # argparse's REMAINDER refuses a leading "--option": pass bench's arguments after "--"
-        argv.insert(argv.index("bench") + 1, "--")
     args = _parser().parse_args(argv)
     command = {"list": _cmd_list, "info": _cmd_info, "convert": _cmd_convert, "predict": _cmd_predict,
                "eval": _cmd_eval, "bench": _cmd_bench, "export-zoo": _cmd_export_zoo}[args.command]

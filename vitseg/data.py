@@ -1,13 +1,174 @@
-"""Dataset metadata: class names and palettes (ADE20K-150 as in mmsegmentation).
+"""Datasets, declared once each: class names, palette, labels, on-disk layout and test presets.
 
-ADE20K class 7 is ``'bed '`` with a trailing space, exactly as mmseg stores it (checkpoint metadata
-compatibility); use :func:`display_name` to show it.
+A :class:`DatasetInfo` holds everything vitseg knows about a dataset; :func:`register_dataset` adds one,
+:func:`dataset_info` looks one up. The readers in :mod:`vitseg.eval.datasets` open a copy on disk from its
+``layout``; zoo entries name their dataset and take their test pipeline from its ``presets``.
+
+ADE20K-150 is declared as mmsegmentation v1.2.2 ``mmseg/datasets/ade.py`` and
+``configs/_base_/datasets/ade20k.py`` (and ``ade20k_640x640.py``) define it. Class 7 is ``'bed '`` with a
+trailing space, exactly as mmseg stores it (checkpoint metadata compatibility); :func:`display_name`
+strips it for people.
+
+This module imports nothing but the standard library.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
 
-__all__ = ["ADE20K_CLASSES", "ADE20K_PALETTE", "DatasetInfo", "dataset_info", "display_name"]
+__all__ = [
+    "Preprocess", "FolderLayout", "DatasetInfo", "register_dataset", "dataset_info", "list_datasets",
+    "display_name", "default_palette", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_WHOLE_512",
+    "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+]
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+HALF_MEAN = (127.5, 127.5, 127.5)
+HALF_STD = (127.5, 127.5, 127.5)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How the source evaluated the model: normalization (RGB, 0-255 scale), resize and inference mode.
+
+    Args:
+        mean: per-channel RGB mean subtracted from 0-255 pixel values.
+        std: per-channel RGB std the centred values are divided by.
+        resize: mmcv keep-ratio scale ``(long, short)``; the image is rescaled so that it fits in it.
+        mode: ``"whole"`` (one pass over the resized image) or ``"slide"`` (overlapping crops).
+        crop_size: ``(h, w)`` of a sliding window (slide mode only).
+        stride: ``(h, w)`` step between windows (slide mode only).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: tuple[int, int] = (2048, 512)
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"Preprocess.mode must be 'whole' or 'slide', got {self.mode!r}")
+        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
+            raise ValueError("Preprocess(mode='slide') needs crop_size and stride")
+
+
+# The ADE20K test pipelines of mmseg's ViT configs: 512 (or 640) short side, whole or sliding windows.
+ADE20K_WHOLE_512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="whole")
+ADE20K_SLIDE_512 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2048, 512), mode="slide",
+                              crop_size=(512, 512), stride=(480, 480))
+ADE20K_SLIDE_640 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2560, 640), mode="slide",
+                              crop_size=(640, 640), stride=(608, 608))
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Where images and label maps of a split live under a dataset root.
+
+    Args:
+        images: image folder relative to the root; ``{split}`` is replaced by the split name.
+        labels: label folder relative to the root, same relative paths as the images.
+        img_suffix: image file ending(s), e.g. ``".jpg"``.
+        seg_map_suffix: label file ending.
+        subdir: a folder the root may hold the dataset in (e.g. ``"ADEChallengeData2016"``).
+        splits: known split names (empty: no splits, ``{split}`` unused).
+        default_split: the split evaluated when none is given.
+    """
+
+    images: str
+    labels: str
+    img_suffix: str | tuple[str, ...] = ".jpg"
+    seg_map_suffix: str = ".png"
+    subdir: str | None = None
+    splits: tuple[str, ...] = ()
+    default_split: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything vitseg knows about one dataset.
+
+    Args:
+        name: registry name (``"ade20k"``).
+        classes: class names in label order (empty when the user supplies them, as for ``"folder"``).
+        palette: RGB colour per class.
+        ignore_index: label value that is not evaluated.
+        reduce_zero_label: label 0 means "unlabelled" and classes start at 1 in the files (ADE20K).
+        layout: how a copy on disk is organised (read by :func:`vitseg.eval.datasets.open_dataset`).
+        presets: named test pipelines of the models trained on it.
+        description: one line for listings and model cards.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    layout: FolderLayout | None = None
+    presets: Mapping[str, Preprocess] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.palette) != len(self.classes):
+            raise ValueError(f"Dataset '{self.name}': {len(self.classes)} classes but {len(self.palette)} "
+                             "palette colours")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add a dataset. Raises ``ValueError`` if the name is taken."""
+    if not isinstance(info, DatasetInfo):
+        raise TypeError(f"register_dataset expects a DatasetInfo, got {type(info).__name__}")
+    if info.name in _DATASETS:
+        raise ValueError(f"A dataset named '{info.name}' is already registered; pick another name.")
+    _DATASETS[info.name] = info
+    return info
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` registered as ``name``."""
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_DATASETS), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown dataset '{name}'.{hint} Known: {', '.join(list_datasets())}.") from None
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of the registered datasets."""
+    return sorted(_DATASETS)
+
+
+def display_name(name: str) -> str:
+    """A class name for people: stripped of mmseg's stray whitespace."""
+    return name.strip()
+
+
+def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct, deterministic colours for datasets that bring no palette of their own."""
+    out = []
+    for i in range(num_classes):
+        # bit-reversed RGB of the index, as the PASCAL VOC palette builds its colours
+        r = g = b = 0
+        c = i + 1
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append((r, g, b))
+    return tuple(out)
+
 
 # fmt: off
 ADE20K_CLASSES: tuple[str, ...] = (
@@ -67,31 +228,25 @@ ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = (
 # fmt: on
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Name, class names and RGB palette of a dataset."""
+register_dataset(DatasetInfo(
+    name="ade20k",
+    classes=ADE20K_CLASSES,
+    palette=ADE20K_PALETTE,
+    ignore_index=255,
+    reduce_zero_label=True,
+    layout=FolderLayout(images="images/{split}", labels="annotations/{split}", img_suffix=".jpg",
+                        seg_map_suffix=".png", subdir="ADEChallengeData2016",
+                        splits=("training", "validation"), default_split="validation"),
+    presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640},
+    description="ADE20K SceneParsing, 150 classes: the folder extracted from ADEChallengeData2016.zip",
+))
 
-    name: str
-    classes: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int = 255
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-_DATASETS = {"ade20k": DatasetInfo("ade20k", ADE20K_CLASSES, ADE20K_PALETTE)}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Metadata of a known dataset (``"ade20k"``)."""
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise ValueError(f"Unknown dataset '{name}'. Known: {', '.join(sorted(_DATASETS))}.") from None
-
-
-def display_name(name: str) -> str:
-    """A class name for people: stripped of mmseg's stray whitespace."""
-    return name.strip()
+register_dataset(DatasetInfo(
+    name="folder",
+    classes=(),
+    palette=(),
+    ignore_index=255,
+    layout=FolderLayout(images="images", labels="labels",
+                        img_suffix=(".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")),
+    description="your own data: DIR/images and DIR/labels with the same stems; labels hold class indices",
+))

@@ -1,6 +1,13 @@
-"""Checkpoint converters: pure ``state_dict -> state_dict`` functions named by source format."""
+"""Checkpoint converters and the table of formats they make up (:data:`FORMATS`).
+
+Each converter is a pure ``convert(state_dict, rules=()) -> state_dict`` function named by its source
+format; importing its module registers the format. A new format is one more file and one import line here.
+"""
+from .formats import FORMATS, CheckpointFormat, get_format, identify_format, register_format
 from .jax import convert_jax
 from .mmseg import convert_mmseg
-from .timm import convert_timm
+from .timm import convert_timm, resize_pos_embed
+from .vitseg import convert_vitseg
 
-__all__ = ["convert_mmseg", "convert_timm", "convert_jax"]
+__all__ = ["FORMATS", "CheckpointFormat", "register_format", "get_format", "identify_format", "convert_mmseg",
+           "convert_timm", "convert_jax", "convert_vitseg", "resize_pos_embed"]

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, TypeVar
 
-import torch
+__all__ = ["rename_keys", "strip_prefix"]
 
-Rules = Iterable[tuple[str, str]]
+T = TypeVar("T")
 
 
-def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Rules, ignored: Iterable[str] = (),
-                source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def strip_prefix(state_dict: Mapping[str, T], prefix: str = "module.") -> dict[str, T]:
+    """Remove a wrapper's key prefix (``module.`` of DataParallel / DDP) where every key has it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def rename_keys(state_dict: Mapping[str, T], rules: Iterable[tuple[str, str]], ignored: Iterable[str] = (),
+                source: str = "checkpoint") -> dict[str, T]:
     """Rename every key with the first matching rule; drop keys matching ``ignored`` patterns.
 
     A key that matches no rule and is not ignored raises ``ValueError`` naming it, so a file of the
@@ -18,7 +25,7 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Rules, ignored: I
     """
     compiled = [(re.compile(p), r) for p, r in rules]
     ignored_re = [re.compile(p) for p in ignored]
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, T] = {}
     unknown: list[str] = []
     for key, value in state_dict.items():
         if any(p.search(key) for p in ignored_re):

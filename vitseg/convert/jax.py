@@ -1,17 +1,18 @@
 """Google ViT / AugReg ``.npz`` (big_vision / vision_transformer layout) -> vitseg backbone state dict.
 
-This is what mmseg's ``tools/model_converters/vitjax2mmseg.py`` does (zoo-spec §8.2), written for
+This is what mmseg's ``tools/model_converters/vitjax2mmseg.py`` does (mmsegmentation v1.2.2), written for
 timm's names: Flax kernels are ``(in, out)`` and are transposed, the patch kernel is HWIO and becomes
 OIHW, and the separate ``query/key/value`` projections (``(D, heads, head_dim)``) are stacked into one
 ``qkv`` matrix with rows ``[q; k; v]``, heads contiguous within each.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
 from ._rules import rename_keys
+from .formats import CheckpointFormat, register_format
 from .timm import resize_pos_embed
 
 __all__ = ["convert_jax", "JAX_RULES", "IGNORED"]
@@ -63,20 +64,21 @@ def _assemble_qkv(sd: dict[str, torch.Tensor]) -> None:
                 sd[f"{p}.qkv.bias"] = torch.cat([t.reshape(-1) for t in parts])
 
 
-def convert_jax(npz: Mapping[str, Any], *, img_size: int | tuple[int, int] | None = None
-                ) -> dict[str, torch.Tensor]:
+def convert_jax(npz: Mapping[str, Any], rules: Sequence[tuple[str, str]] = (), *,
+                img_size: int | tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Convert the arrays of a Google ViT/AugReg ``.npz`` to the vitseg backbone's state dict.
 
     Args:
         npz: array name -> array, e.g. ``dict(numpy.load("B_16-i21k-….npz"))``.
-        img_size: the backbone's ``img_size``; the position table is resized to its grid
+        rules: extra renames tried before the table.
+        img_size: if given, also resize the position table to the grid of this input size
             (bicubic, no antialias, as mmseg's init). ``None`` keeps it as stored.
     """
     if any(k.startswith(("params/", "opt/target/")) for k in npz):
         raise ValueError("This .npz uses the big_vision 'params/' (or 'opt/target/') layout; convert_jax "
                          "reads the vision_transformer/AugReg layout ('Transformer/encoderblock_N/…').")
     tensors = {k: torch.as_tensor(v) for k, v in npz.items()}
-    sd = rename_keys(tensors, JAX_RULES, IGNORED, source="JAX ViT .npz")
+    sd = rename_keys(tensors, [*rules, *JAX_RULES], IGNORED, source="JAX ViT .npz")
     _assemble_qkv(sd)
     for key in list(sd):
         if key == "patch_embed.proj.weight":
@@ -86,3 +88,12 @@ def convert_jax(npz: Mapping[str, Any], *, img_size: int | tuple[int, int] | Non
     if img_size is not None and "pos_embed" in sd:
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], img_size, sd["patch_embed.proj.weight"].shape[-1])
     return sd
+
+
+def _recognise(keys: Collection[str]) -> bool:
+    return any(k.startswith(("Transformer/", "embedding/")) for k in keys)
+
+
+register_format(CheckpointFormat(
+    name="jax", scope="backbone", recognise=_recognise, convert=convert_jax,
+    description="a Google ViT / AugReg .npz (Transformer/encoderblock_N/...)"))

@@ -1,18 +1,24 @@
 """mmsegmentation checkpoint -> vitseg state dict.
 
-The backbone (and Segmenter's decoder blocks) move to timm's names; necks and heads keep mmseg's
-names, so their rule is the identity. Reference for the mmseg layout: zoo-spec §8.3-8.4.
+The plain ViT backbone (and Segmenter's decoder blocks, the same mmcv layers) move to timm's names; necks
+and heads keep mmseg's names, so their rule is the identity. Families whose modules need more declare their
+own rules (``Family.rules["mmseg"]``), which are tried first. Layout reference: mmsegmentation v1.2.2 ``mmseg/models/backbones/vit.py`` (``layers.N``,
+``ln1``/``ln2``, mmcv's ``MultiheadAttention`` ``attn.attn.in_proj_*`` and ``FFN`` ``ffn.layers``).
 """
 from __future__ import annotations
 
-from typing import Mapping
+import re
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
-from ._rules import rename_keys
+from ._rules import rename_keys, strip_prefix
+from .formats import CheckpointFormat, register_format
 
-__all__ = ["convert_mmseg", "MMSEG_RULES", "IGNORED"]
+__all__ = ["convert_mmseg", "MMSEG_RULES"]
 
+
+# mmcv's transformer layers (the ViT backbone's, and Segmenter's decoder's) become timm blocks.
 _BLOCKS = r"^(backbone|decode_head)\.layers\.(\d+)\."
 # fmt: off
 MMSEG_RULES: list[tuple[str, str]] = [
@@ -29,17 +35,25 @@ MMSEG_RULES: list[tuple[str, str]] = [
     (r"^(neck|decode_head|auxiliary_head)\.",          r"\1."),
 ]
 # fmt: on
-IGNORED: list[str] = []
+_MARKERS = re.compile(r"^backbone\.(layers\.\d+\.|patch_embed\.projection\.|ln1\.)")
 
 
-def convert_mmseg(state_dict: Mapping[str, torch.Tensor], *, keep_auxiliary: bool = False
+def convert_mmseg(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = ()
                   ) -> dict[str, torch.Tensor]:
     """Rename an mmseg segmentor state dict (``checkpoint['state_dict']``) to vitseg's names.
 
     Args:
         state_dict: mmseg keys (``backbone.layers.0.ln1.weight``…); a ``module.`` prefix is stripped.
-        keep_auxiliary: keep ``auxiliary_head.*`` (training-only head) instead of dropping it.
+            Every key is kept (auxiliary heads included): the loader drops what a model does not have.
+        rules: a family's own renames, tried before the shared table.
     """
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    ignored = IGNORED if keep_auxiliary else IGNORED + [r"^auxiliary_head\."]
-    return rename_keys(sd, MMSEG_RULES, ignored, source="mmseg checkpoint")
+    return rename_keys(strip_prefix(state_dict), [*rules, *MMSEG_RULES], source="mmseg checkpoint")
+
+
+def _recognise(keys: Collection[str]) -> bool:
+    return any(_MARKERS.match(k.removeprefix("module.")) for k in keys)
+
+
+register_format(CheckpointFormat(
+    name="mmseg", scope="model", recognise=_recognise, convert=convert_mmseg,
+    description="an mmsegmentation segmentor checkpoint (.pth, backbone.layers.N.*)"))

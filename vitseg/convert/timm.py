@@ -1,19 +1,23 @@
 """timm / DeiT ImageNet ViT state dict -> vitseg backbone state dict.
 
 The vitseg backbone already uses timm's parameter names, so the table is close to the identity; what
-it adds is what mmseg does when a segmentor starts from these weights (zoo-spec §2.7, §8.1): the
-classifier is dropped and the position table is resized to the segmentation grid with bicubic
-interpolation, ``align_corners=False`` and no antialiasing.
+it adds is what mmseg does when a segmentor starts from these weights (mmsegmentation v1.2.2
+``tools/model_converters/vit2mmseg.py`` and ``VisionTransformer.init_weights`` in
+``mmseg/models/backbones/vit.py``): the classifier is dropped and, when asked, the position table is
+resized to the segmentation grid with bicubic interpolation, ``align_corners=False`` and no antialiasing.
+The backbone loader (:func:`vitseg.load_pretrained_backbone`) does that resize for the backbone at hand.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import re
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from ._rules import rename_keys
+from ._rules import rename_keys, strip_prefix
+from .formats import CheckpointFormat, register_format
 
 __all__ = ["convert_timm", "resize_pos_embed", "TIMM_RULES", "IGNORED"]
 
@@ -56,21 +60,34 @@ def resize_pos_embed(pos_embed: torch.Tensor, img_size: int | tuple[int, int], p
                                   interpolation="bicubic", antialias=False, align_corners=False)
 
 
-def convert_timm(state_dict: Mapping[str, torch.Tensor], *,
+def convert_timm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = (), *,
                  img_size: int | tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-    """Rename a timm/DeiT ViT state dict to the vitseg backbone's names and resize its position table.
+    """Rename a timm/DeiT ViT state dict to the vitseg backbone's names.
 
     Args:
         state_dict: timm keys (``blocks.0.attn.qkv.weight``…); a ``module.`` prefix is stripped.
-        img_size: the backbone's ``img_size``; the position table is resized to its grid
-            (``img_size // patch``). ``None`` keeps the table as it is.
+        rules: extra renames tried before the table.
+        img_size: if given, also resize the position table to the grid of this input size
+            (``img_size // patch``), as mmseg's init does.
     """
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    sd = strip_prefix(state_dict)
     for key, why in _UNSUPPORTED.items():
         if key in sd:
             raise ValueError(f"Cannot convert {why}. Use a checkpoint with a single cls token.")
-    out = rename_keys(sd, TIMM_RULES, IGNORED, source="timm ViT checkpoint")
+    out = rename_keys(sd, [*rules, *TIMM_RULES], IGNORED, source="timm ViT checkpoint")
     if img_size is not None and "pos_embed" in out:
         patch = out["patch_embed.proj.weight"].shape[-1]
         out["pos_embed"] = resize_pos_embed(out["pos_embed"], img_size, patch)
     return out
+
+
+_MARKERS = re.compile(r"^(blocks\.\d+\.|patch_embed\.proj\.)")
+
+
+def _recognise(keys: Collection[str]) -> bool:
+    return any(_MARKERS.match(k.removeprefix("module.")) for k in keys)
+
+
+register_format(CheckpointFormat(
+    name="timm", scope="backbone", recognise=_recognise, convert=convert_timm,
+    description="a timm / DeiT ImageNet ViT (blocks.N.*), or the output of `vitseg convert timm`"))

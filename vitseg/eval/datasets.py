@@ -1,6 +1,8 @@
-"""Evaluation datasets: ADE20K (``ADEChallengeData2016``) and a folder of images + label PNGs.
+"""Evaluation datasets: readers for the datasets declared in :mod:`vitseg.data` (ADE20K, folders of images +
+label PNGs, and any registered later).
 
-Items are dicts ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64, "path": str}`` at the original size;
+:func:`open_dataset` opens a copy on disk from its declaration (layout, classes, labels); :class:`ADE20K`
+is the same for ``"ade20k"``. Items are dicts ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64, "path": str}`` at the original size;
 the test pipeline (resize, normalize) is applied by :func:`vitseg.evaluate` / :func:`vitseg.predict`.
 """
 from __future__ import annotations
@@ -8,13 +10,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..data import dataset_info
+from ..data import DatasetInfo, dataset_info
 from .pipeline import Backend, load_image
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["FolderDataset", "ADE20K", "load_label"]
+__all__ = ["FolderDataset", "ADE20K", "open_dataset", "load_label"]
 
 
 def load_label(path: str, *, reduce_zero_label: bool = False, label_map: Mapping[int, int] | None = None,
@@ -61,7 +63,7 @@ class FolderDataset:
     Args:
         img_dir: folder of images (recursive scan for ``img_suffix``).
         ann_dir: folder of label maps, same relative paths with ``seg_map_suffix``.
-        img_suffix: image file ending, e.g. ``".jpg"``.
+        img_suffix: image file ending, e.g. ``".jpg"``, or a tuple of endings.
         seg_map_suffix: label file ending, e.g. ``".png"``.
         reduce_zero_label: 0 means "unlabelled" and classes start at 1 (ADE20K style).
         label_map: ``{old: new}`` remapping of label values.
@@ -71,7 +73,8 @@ class FolderDataset:
         backend: image decoder, see :mod:`vitseg.eval.pipeline`.
     """
 
-    def __init__(self, img_dir: str | os.PathLike, ann_dir: str | os.PathLike, *, img_suffix: str = ".jpg",
+    def __init__(self, img_dir: str | os.PathLike, ann_dir: str | os.PathLike, *,
+                 img_suffix: str | tuple[str, ...] = ".jpg",
                  seg_map_suffix: str = ".png", reduce_zero_label: bool = False,
                  label_map: Mapping[int, int] | None = None, classes: Sequence[str] | None = None,
                  num_classes: int | None = None, ignore_index: int = 255, backend: Backend = "auto") -> None:
@@ -86,12 +89,15 @@ class FolderDataset:
         self.img_suffix, self.seg_map_suffix = img_suffix, seg_map_suffix
         self.reduce_zero_label, self.label_map = reduce_zero_label, dict(label_map or {})
         self.ignore_index, self.backend = ignore_index, backend
+        suffixes = (img_suffix,) if isinstance(img_suffix, str) else tuple(img_suffix)
         rels = []
         for root, _, files in os.walk(self.img_dir):
-            rels += [os.path.relpath(os.path.join(root, f), self.img_dir) for f in files if f.endswith(img_suffix)]
+            rels += [os.path.relpath(os.path.join(root, f), self.img_dir) for f in files
+                     if f.lower().endswith(suffixes)]
         self.images = sorted(rels)
         if not self.images:
-            raise FileNotFoundError(f"No '*{img_suffix}' images under {self.img_dir}. Check the path and img_suffix.")
+            shown = "' or '*".join(suffixes)
+            raise FileNotFoundError(f"No '*{shown}' images under {self.img_dir}. Check the path and img_suffix.")
         missing = [r for r in self.images if not os.path.isfile(self._label_path(r))]
         if missing:
             raise FileNotFoundError(
@@ -100,7 +106,8 @@ class FolderDataset:
                 f"suffix '{seg_map_suffix}'.")
 
     def _label_path(self, rel: str) -> str:
-        return os.path.join(self.ann_dir, rel[: -len(self.img_suffix)] + self.seg_map_suffix)
+        stem = rel[: -len(self.img_suffix)] if isinstance(self.img_suffix, str) else os.path.splitext(rel)[0]
+        return os.path.join(self.ann_dir, stem + self.seg_map_suffix)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -120,9 +127,56 @@ class FolderDataset:
         return f"{type(self).__name__}({self.img_dir!r}, {len(self)} images, {self.num_classes} classes)"
 
 
+def _split_dirs(info: DatasetInfo, root: str, split: str | None) -> tuple[str, str, str]:
+    """(dataset root, image folder, label folder) of ``split`` under ``root``, per the dataset's layout."""
+    layout = info.layout
+    if layout is None:
+        raise ValueError(f"Dataset '{info.name}' declares no on-disk layout; build a FolderDataset yourself.")
+    if layout.splits:
+        split = split or layout.default_split
+        if split not in layout.splits:
+            raise ValueError(f"Unknown split {split!r} of '{info.name}'. Valid: {', '.join(layout.splits)}.")
+    elif split:
+        raise ValueError(f"Dataset '{info.name}' has no splits; drop the split argument (got {split!r}).")
+    images, labels = layout.images.format(split=split), layout.labels.format(split=split)
+    candidates = [root] + ([os.path.join(root, layout.subdir)] if layout.subdir else [])
+    found = next((c for c in candidates if os.path.isdir(os.path.join(c, images))), None)
+    if found is None:
+        where = " or ".join(os.path.join(c, images) for c in candidates)
+        raise FileNotFoundError(f"No '{info.name}' images under {root}: expected {where}. "
+                                f"Point it at the dataset's root folder ({info.description}).")
+    return found, os.path.join(found, images), os.path.join(found, labels)
+
+
+def open_dataset(name: str, root: str | os.PathLike, split: str | None = None, *,
+                 classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 reduce_zero_label: bool | None = None, backend: Backend = "auto") -> FolderDataset:
+    """Open a registered dataset (see :func:`vitseg.data.list_datasets`) from its root folder.
+
+    Args:
+        name: ``"ade20k"``, ``"folder"`` (``root/images`` and ``root/labels`` with the same stems) or any
+            registered dataset.
+        root: the dataset's root folder.
+        split: one of the dataset's splits (default: the one it is evaluated on).
+        classes: class names, for datasets that do not declare them (``"folder"``).
+        num_classes: the class count, when names are not given (classes are then numbered).
+        reduce_zero_label: override the dataset's rule (label 0 = unlabelled, classes from 1).
+        backend: image decoder, see :mod:`vitseg.eval.pipeline`.
+    """
+    info = dataset_info(name)
+    _, img_dir, ann_dir = _split_dirs(info, os.fspath(root), split)
+    if classes is None and num_classes is None and info.classes:
+        classes = info.classes
+    return FolderDataset(img_dir, ann_dir, img_suffix=info.layout.img_suffix,
+                         seg_map_suffix=info.layout.seg_map_suffix,
+                         reduce_zero_label=info.reduce_zero_label if reduce_zero_label is None else reduce_zero_label,
+                         classes=classes, num_classes=num_classes, ignore_index=info.ignore_index, backend=backend)
+
+
 class ADE20K(FolderDataset):
     """ADE20K-150 in the official ``ADEChallengeData2016`` layout (``images/<split>/*.jpg``,
-    ``annotations/<split>/*.png``), with mmseg's ``reduce_zero_label`` and ignore index 255.
+    ``annotations/<split>/*.png``), with mmseg's ``reduce_zero_label`` and ignore index 255
+    (``open_dataset("ade20k", root, split)``).
 
     Args:
         root: the ``ADEChallengeData2016`` folder or its parent.
@@ -131,16 +185,8 @@ class ADE20K(FolderDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "validation", *, backend: Backend = "auto") -> None:
-        root = os.fspath(root)
-        candidates = [root, os.path.join(root, "ADEChallengeData2016")]
-        found = next((c for c in candidates if os.path.isdir(os.path.join(c, "images", split))), None)
-        if found is None:
-            raise FileNotFoundError(
-                f"No ADE20K split '{split}' under {root}: expected {os.path.join(root, 'images', split)} or "
-                f"{os.path.join(root, 'ADEChallengeData2016', 'images', split)}. Point root at the folder "
-                "extracted from ADEChallengeData2016.zip (it holds images/ and annotations/).")
-        self.root = found
         info = dataset_info("ade20k")
-        super().__init__(os.path.join(found, "images", split), os.path.join(found, "annotations", split),
-                         img_suffix=".jpg", seg_map_suffix=".png", reduce_zero_label=True,
+        self.root, img_dir, ann_dir = _split_dirs(info, os.fspath(root), split)
+        super().__init__(img_dir, ann_dir, img_suffix=info.layout.img_suffix,
+                         seg_map_suffix=info.layout.seg_map_suffix, reduce_zero_label=info.reduce_zero_label,
                          classes=info.classes, ignore_index=info.ignore_index, backend=backend)

@@ -67,7 +67,7 @@ def _dist_context(device: torch.device | None) -> tuple[int, int, bool]:
 
 
 def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
+    if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
         return {k: _json_safe(v) for k, v in x.items()}
@@ -112,35 +112,69 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     preprocess = resolve_preprocess(model, preprocess)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1 (or None for all), got {max_images}")
     device = torch.device(device) if device is not None else None
     rank, world, owns_group = _dist_context(device)
-    if device is None:
-        if owns_group and torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        else:
-            device = next(model.parameters()).device
+    device = _pick_device(model, device, owns_group)
     model.to(device).eval()
-    num_classes = getattr(dataset, "num_classes", None) or getattr(model, "num_classes", None)
-    if num_classes is None:
-        raise ValueError("The dataset has no num_classes attribute; give it one (or use vitseg.eval.FolderDataset).")
-    classes = list(getattr(dataset, "classes", [str(i) for i in range(num_classes)]))
-    ignore_index = getattr(dataset, "ignore_index", 255)
+    num_classes, classes, ignore_index = _dataset_classes(dataset, model)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     indices = list(range(n))[rank::world]
-    prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
     if pin_memory is None:
         pin_memory = device.type == "cuda"
+    prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
     loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate, pin_memory=pin_memory)
     metric = IoUMetric(num_classes, ignore_index=ignore_index, device=device)
+    start = time.perf_counter()
+    _run(model, loader, metric, preprocess, device=device, tta=tta, backend=backend, batch_size=batch_size,
+         dtype=dtype, max_bytes=max_bytes, progress=progress and rank == 0, total=len(indices))
+    num_images, seconds = _gather(metric, len(indices), time.perf_counter() - start, device, world, owns_group)
+    results = metric.compute()
+    results.update(
+        classes=classes, num_images=num_images, seconds=seconds,
+        images_per_s=num_images / seconds if seconds > 0 else math.nan,
+        tta=tta, dtype=str(dtype or torch.float32).replace("torch.", ""), world_size=world,
+        num_workers=num_workers, pin_memory=pin_memory,
+        model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
+        preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
+                        mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
+                        stride=preprocess.stride and list(preprocess.stride)),
+    )
+    if rank == 0:
+        _report(results, classes, world, verbose=verbose, out_file=out_file)
+    return results
+
+
+def _pick_device(model: nn.Module, device: torch.device | None, owns_group: bool) -> torch.device:
+    if device is not None:
+        return device
+    if owns_group and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return next(model.parameters()).device
+
+
+def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], int]:
+    """(num_classes, class names, ignore index) of the dataset (the model's class count if it has none)."""
+    num_classes = getattr(dataset, "num_classes", None) or getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("The dataset has no num_classes attribute; give it one (or use vitseg.eval.FolderDataset).")
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(num_classes)]))
+    return num_classes, classes, getattr(dataset, "ignore_index", 255)
+
+
+def _run(model: nn.Module, loader: Any, metric: IoUMetric, preprocess: Any, *, device: torch.device, tta: bool,
+         backend: Backend, batch_size: int, dtype: torch.dtype | None, max_bytes: int, progress: bool,
+         total: int) -> None:
+    """Predict every image of ``loader`` and add it to ``metric``."""
     bar = None
-    if progress and rank == 0:
+    if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(indices), desc="evaluate", unit="img", dynamic_ncols=True)
-    start = time.perf_counter()
+        bar = tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True)
     try:
         for (item,) in loader:
             label = item["label"].to(device, non_blocking=True)
@@ -156,34 +190,29 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - start
-    count = torch.tensor([len(indices), seconds], dtype=torch.float64, device=device)
+
+
+def _gather(metric: IoUMetric, count: int, seconds: float, device: torch.device, world: int,
+            owns_group: bool) -> tuple[int, float]:
+    """Sum the histograms and image counts over ranks (the slowest rank's time); (images, seconds)."""
+    totals = torch.tensor([count, seconds], dtype=torch.float64, device=device)
     if world > 1:
         import torch.distributed as dist
 
         metric.all_reduce()
-        dist.all_reduce(count[:1], op=dist.ReduceOp.SUM)
-        dist.all_reduce(count[1:], op=dist.ReduceOp.MAX)
+        dist.all_reduce(totals[:1], op=dist.ReduceOp.SUM)
+        dist.all_reduce(totals[1:], op=dist.ReduceOp.MAX)
         if owns_group:
             dist.destroy_process_group()
-    num_images, seconds = int(count[0]), float(count[1])
-    results = metric.compute()
-    results.update(
-        classes=classes, num_images=num_images, seconds=seconds,
-        images_per_s=num_images / seconds if seconds > 0 else math.nan,
-        tta=tta, dtype=str(dtype or torch.float32).replace("torch.", ""), world_size=world,
-        num_workers=num_workers, pin_memory=pin_memory,
-        model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
-        preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
-                        mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
-                        stride=preprocess.stride and list(preprocess.stride)),
-    )
-    if rank == 0:
-        if verbose:
-            print(format_table(results, classes), file=sys.stdout)
-            print(f"{num_images} images in {seconds:.1f} s ({results['images_per_s']:.2f} img/s, "
-                  f"{world} process{'es' if world > 1 else ''})", file=sys.stdout)
-        if out_file is not None:
-            with open(out_file, "w") as f:
-                json.dump(_json_safe(results), f, indent=1)
-    return results
+    return int(totals[0]), float(totals[1])
+
+
+def _report(results: dict[str, Any], classes: list[str], world: int, *, verbose: bool,
+            out_file: str | os.PathLike | None) -> None:
+    if verbose:
+        print(format_table(results, classes), file=sys.stdout)
+        print(f"{results['num_images']} images in {results['seconds']:.1f} s ({results['images_per_s']:.2f} img/s, "
+              f"{world} process{'es' if world > 1 else ''})", file=sys.stdout)
+    if out_file is not None:
+        with open(out_file, "w") as f:
+            json.dump(_json_safe(results), f, indent=1, allow_nan=False)

@@ -1,6 +1,7 @@
 """mmseg's single-scale test pipeline: decode, keep-ratio resize, normalize.
 
-The reference (mmseg 0.x/1.x, zoo-spec §7.2) decodes with OpenCV (``IMREAD_COLOR``: EXIF orientation
+The reference (mmsegmentation v1.2.2 ``configs/_base_/datasets/ade20k.py``: ``LoadImageFromFile``,
+``Resize(keep_ratio=True)``; mmcv ``imfrombytes`` / ``imrescale``) decodes with OpenCV (``IMREAD_COLOR``: EXIF orientation
 applied, grayscale expanded, alpha dropped), rescales the **uint8** image with mmcv's keep-ratio rule
 and ``cv2.resize(..., INTER_LINEAR)``, then normalizes ``(x - mean) / std`` in RGB.
 
@@ -28,7 +29,7 @@ import torch
 if TYPE_CHECKING:
     import numpy as np
 
-    from .._registry import Preprocess
+    from ..data import Preprocess
 
 __all__ = [
     "Backend", "rescale_size", "tta_scales", "load_image", "resize_uint8", "normalize", "prepare_image",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "pillow", "opencv"]
-# 0.x `--aug-test` ratios (zoo-spec §7.6)
+# mmseg 0.x ``--aug-test`` ratios (v0.30.0 ``configs/_base_/datasets/ade20k.py`` img_ratios)
 TTA_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 _COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS
 _COEF_SCALE = 1 << _COEF_BITS
@@ -67,7 +68,7 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
 
 
 def tta_scales(resize: tuple[int, int], ratios: Sequence[float] = TTA_RATIOS) -> list[tuple[int, int]]:
-    """0.x ms+flip scales: ``(int(long * r), int(short * r))`` for each ratio (zoo-spec §7.6)."""
+    """0.x ms+flip scales: ``(int(long * r), int(short * r))`` for each ratio (mmcv ``MultiScaleFlipAug``)."""
     return [(int(resize[0] * r), int(resize[1] * r)) for r in ratios]
 
 

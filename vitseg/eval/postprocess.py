@@ -1,7 +1,7 @@
 """From logits of the resized image to a label map at the original size, in bounded memory.
 
 mmseg resizes the (1, K, h, w) logits bilinearly (``align_corners=False``) to the original (H, W) and
-takes the argmax (zoo-spec §7.1). For a 4000x6000 photo that intermediate is 150 x 24M fp32 = 14 GB.
+takes the argmax (mmsegmentation v1.2.2 ``BaseSegmentor.postprocess_result``). For a 4000x6000 photo that intermediate is 150 x 24M fp32 = 14 GB.
 
 * :func:`resized_argmax` resizes a few **channels** at a time and keeps a running max / argmax. Channels
   are independent in the bilinear kernel, so the labels are identical to the full resize (ties go to

@@ -1,4 +1,8 @@
-"""``vitseg.predict``: one image in, a label map at its original size out (mmseg's test flow, §7)."""
+"""``vitseg.predict``: one image in, a label map at its original size out (mmseg's test flow).
+
+Reference: mmsegmentation v1.2.2 ``mmseg/models/segmentors/encoder_decoder.py`` (``predict``, ``inference``,
+``postprocess_result``) and, for ms+flip, v0.30.0 ``mmseg/models/segmentors/encoder_decoder.py`` ``aug_test``.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +20,7 @@ from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_ban
 if TYPE_CHECKING:
     import numpy as np
 
-    from .._registry import Preprocess
+    from ..data import Preprocess
 
 __all__ = ["predict", "label_map", "model_logits", "resolve_preprocess"]
 
@@ -88,7 +92,7 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     Single scale: keep-ratio resize to ``preprocess.resize``, whole/slide inference, logits resized to
     (H, W), argmax (never more than ``max_bytes`` of original-size logits at once).
 
-    ``tta=True``: mmseg 0.x ms+flip (zoo-spec §7.6): scales ``(int(long*r), int(short*r))`` from the
+    ``tta=True``: mmseg 0.x ms+flip (``MultiScaleFlipAug``): scales ``(int(long*r), int(short*r))`` from the
     original image, each unflipped and flipped, softmax of the logits resized to (H, W), flips undone,
     averaged, argmax. The original-size probability sum (K x H x W) is kept when it is smaller than the
     12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.

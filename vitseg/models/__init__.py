@@ -1,4 +1,4 @@
-"""Model families; importing this package registers every zoo entry."""
+"""Model families; importing this package registers every zoo entry (one import line per family)."""
 from . import dpt  # noqa: F401  (registers entries)
 from . import segmenter  # noqa: F401  (registers entries)
 from . import upernet  # noqa: F401  (registers entries)

@@ -5,7 +5,7 @@ Reference implementation (the weights below were trained with it):
 ``mmseg/models/decode_heads/dpt_head.py`` in open-mmlab/mmsegmentation v1.2.2
 (https://github.com/open-mmlab/mmsegmentation/blob/v1.2.2/mmseg/models/decode_heads/dpt_head.py), config
 ``configs/_base_/models/dpt_vit-b16.py``. Parameter names follow mmseg's so that the converter is the
-identity for the head (zoo-spec §5.5).
+identity for the head.
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._registry import ADE20K_WHOLE_512, Weights, ZooEntry, register_model
+from .._registry import Family, Weights, ZooEntry, register_model
+from ..data import ADE20K_WHOLE_512
 from ..layers import conv_bn, plain_conv
 from .segmentor import Segmentor
-from .vit import VIT_B16, VIT_L16, VisionTransformer
+from .vit import VIT_B16, VIT_L16, VisionTransformer, tiny_vit
 
-__all__ = ["DPTHead", "ReassembleBlocks", "FeatureFusionBlock", "PreActResidualConvUnit"]
+__all__ = ["DPTHead", "ReassembleBlocks", "FeatureFusionBlock", "PreActResidualConvUnit", "DPT"]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/dpt"
 _CFG = "mmseg configs/dpt/{} @ v1.2.2"
@@ -156,16 +157,36 @@ def _build_dpt(*, backbone: dict, num_classes: int, channels: int = 256,
     return Segmentor(encoder, head)
 
 
+def _tiny(arch: dict, *, depth: int, img_size: int | None) -> dict:
+    return dict(backbone=tiny_vit(arch["backbone"], depth=depth, img_size=img_size), channels=16,
+                post_process_channels=[8, 16, 16, 32])
+
+
+def _describe(entry: ZooEntry) -> tuple[str, str]:
+    size = {768: "B", 1024: "L"}[entry.arch["backbone"]["embed_dim"]]
+    return "DPT", f"ViT-{size}/16"
+
+
+DPT = Family(
+    name="dpt",
+    build=_build_dpt,
+    tiny=_tiny,
+    describe=_describe,
+    class_sized={"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0},
+)
+
+
 def _backbone(size: dict, img_size: int, out_indices: tuple[int, ...]) -> dict:
-    # DPT's config gives the ViT no norm_cfg, so its LayerNorms keep PyTorch's eps 1e-5 (zoo-spec §2.1);
-    # the 224 (or 384) position table is resized to the token grid at every forward.
+    # DPT's config (mmseg configs/_base_/models/dpt_vit-b16.py) gives the ViT no norm_cfg, so its
+    # LayerNorms keep PyTorch's eps 1e-5; the 224 (or 384) position table is resized to the token grid
+    # at every forward.
     return dict(size, img_size=img_size, out_indices=out_indices, norm_eps=1e-5, final_norm=False,
                 output_cls_token=True)
 
 
 register_model(ZooEntry(
     name="dpt_vit_b16_ade20k",
-    build=_build_dpt,
+    family=DPT,
     arch=dict(backbone=_backbone(VIT_B16, 224, (2, 5, 8, 11)), channels=256,
               post_process_channels=[96, 192, 384, 768], num_classes=150),
     preprocess=ADE20K_WHOLE_512,
@@ -179,7 +200,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="dpt_vit_l16_ade20k",
-    build=_build_dpt,
+    family=DPT,
     arch=dict(backbone=_backbone(VIT_L16, 384, (5, 11, 17, 23)), channels=256,
               post_process_channels=[256, 512, 1024, 1024], num_classes=150),
     preprocess=ADE20K_WHOLE_512,

@@ -1,7 +1,6 @@
 """Necks between a plain ViT and a pyramid head.
 
-Reference: ``mmseg/models/necks/multilevel_neck.py`` in open-mmlab/mmsegmentation v1.2.2
-(zoo-spec §3).
+Reference: ``mmseg/models/necks/multilevel_neck.py`` in open-mmlab/mmsegmentation v1.2.2.
 """
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ class MultiLevelNeck(nn.Module):
         for x, lateral, conv, scale in zip(feats, self.lateral_convs, self.convs, self.scales):
             x = lateral(x)
             # A scale factor, not a target size: on odd grids (43 -> 21) ``size=`` would change the
-            # sampling ratio from 2 to 43/21 (zoo-spec §10.4). mmseg leaves align_corners unset (False).
+            # sampling ratio from 2 to 43/21. mmseg leaves align_corners unset (False).
             if scale != 1:
                 x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             outs.append(conv(x))

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-from .._registry import ADE20K_SLIDE_512, ADE20K_SLIDE_640, Weights, ZooEntry, register_model
+from .._registry import Family, Weights, ZooEntry, register_model
+from ..data import ADE20K_SLIDE_512, ADE20K_SLIDE_640
 from .segmentor import Segmentor
-from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, _linspace
+from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, _linspace, tiny_vit
 
-__all__ = ["LinearHead", "MaskTransformerHead"]
+__all__ = ["LinearHead", "MaskTransformerHead", "SEGMENTER"]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/segmenter"
 _CFG = "mmseg configs/segmenter/{} @ v1.2.2"
@@ -114,6 +115,28 @@ def _build_segmenter(*, backbone: dict, head: Literal["linear", "mask"], num_cla
     return Segmentor(encoder, decoder)
 
 
+def _tiny(arch: dict, *, depth: int, img_size: int | None) -> dict:
+    # the mask decoder takes its width and heads from the backbone
+    return dict(backbone=tiny_vit(arch["backbone"], depth=depth, img_size=img_size))
+
+
+def _describe(entry: ZooEntry) -> tuple[str, str]:
+    size = {192: "T", 384: "S", 768: "B", 1024: "L"}[entry.arch["backbone"]["embed_dim"]]
+    return f"Segmenter ({entry.arch['head']})", f"ViT-{size}/16"
+
+
+# The linear head's classifier counts classes in dimension 0; the mask head's class embeddings in
+# dimension 1 (1, K, C) and its mask norm over classes in dimension 0.
+SEGMENTER = Family(
+    name="segmenter",
+    build=_build_segmenter,
+    tiny=_tiny,
+    describe=_describe,
+    class_sized={"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0, "decode_head.cls_emb": 1,
+                 "decode_head.mask_norm.weight": 0, "decode_head.mask_norm.bias": 0},
+)
+
+
 def _backbone(size: dict, img_size: int = 512) -> dict:
     # Segmenter taps the last block only, after the final norm (mmseg out_indices=-1, final_norm=True).
     return dict(size, img_size=img_size, out_indices=(-1,), final_norm=True, norm_eps=1e-6, drop_path_rate=0.1)
@@ -126,7 +149,7 @@ def _weights(path: str, miou: float, ms: float, tag: str | None = None, cfg: str
 
 register_model(ZooEntry(
     name="segmenter_mask_vit_t16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_T16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
     weights=(_weights(
@@ -139,7 +162,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="segmenter_linear_vit_s16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_S16), head="linear", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
     weights=(_weights(
@@ -152,7 +175,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="segmenter_mask_vit_s16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_S16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
     weights=(_weights(
@@ -165,7 +188,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="segmenter_mask_vit_b16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_B16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
     weights=(_weights(
@@ -178,7 +201,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="segmenter_mask_vit_l16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_L16, img_size=640), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_640,
     weights=(
@@ -199,7 +222,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="segmenter_linear_vit_b16_ade20k",
-    build=_build_segmenter,
+    family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_B16), head="linear", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
     weights=(),

@@ -4,8 +4,7 @@ Paper: Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2
 follow Zheng et al., "Rethinking Semantic Segmentation from a Sequence-to-Sequence Perspective" (SETR),
 CVPR 2021. Reference implementation (the weights below were trained with it):
 ``mmseg/models/decode_heads/uper_head.py``, ``psp_head.py``, ``fcn_head.py`` and
-``mmseg/models/necks/multilevel_neck.py`` in open-mmlab/mmsegmentation v1.2.2 (``configs/vit/``);
-zoo-spec §3-§4.
+``mmseg/models/necks/multilevel_neck.py`` in open-mmlab/mmsegmentation v1.2.2 (``configs/vit/``).
 """
 from __future__ import annotations
 
@@ -15,13 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._registry import ADE20K_WHOLE_512, Weights, ZooEntry, register_model
+from .._registry import Family, Weights, ZooEntry, register_model
+from ..data import ADE20K_WHOLE_512
 from ..layers import conv_bn
 from .neck import MultiLevelNeck
 from .segmentor import Segmentor, resize_to
-from .vit import VIT_B16, VIT_S16, VisionTransformer
+from .vit import VIT_B16, VIT_S16, VisionTransformer, tiny_vit
 
-__all__ = ["UPerHead", "FCNHead", "AdaptiveAvgPool2dStatic", "adaptive_avg_pool2d_static"]
+__all__ = ["UPerHead", "FCNHead", "AdaptiveAvgPool2dStatic", "adaptive_avg_pool2d_static", "UPERNET"]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/vit"
 _CFG = "mmseg configs/vit/{} @ v1.2.2"
@@ -155,9 +155,33 @@ def _build_upernet(*, backbone: dict, neck: bool, num_classes: int, channels: in
     )
 
 
+def _tiny(arch: dict, *, depth: int, img_size: int | None) -> dict:
+    return dict(backbone=tiny_vit(arch["backbone"], depth=depth, img_size=img_size), channels=16)
+
+
+def _describe(entry: ZooEntry) -> tuple[str, str]:
+    vit = entry.arch["backbone"]
+    size = {192: "T", 384: "S", 768: "B", 1024: "L"}[vit["embed_dim"]]
+    name = f"{'DeiT' if '_deit_' in entry.name else 'ViT'}-{size}/16"
+    extras = [x for x, on in (("LN", vit["final_norm"]), ("MLN", entry.arch["neck"])) if on]
+    return "UPerNet", name + (f" + {' + '.join(extras)}" if extras else "")
+
+
+# The classifiers of the decode head and of the auxiliary FCN head count classes in dimension 0.
+UPERNET = Family(
+    name="upernet",
+    build=_build_upernet,
+    tiny=_tiny,
+    describe=_describe,
+    class_sized={"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0,
+                 "auxiliary_head.conv_seg.weight": 0, "auxiliary_head.conv_seg.bias": 0},
+)
+
+
 def _backbone(size: dict, *, final_norm: bool, drop_path_rate: float) -> dict:
-    # zoo-spec §2.1: 512 crops (32x32 position grid), taps after blocks 2, 5, 8, 11, LayerNorm eps 1e-6;
-    # the final norm (only ``_ln_`` configs) touches the last tap only.
+    # mmseg configs/_base_/models/upernet_vit-b16_ln_mln.py and configs/vit/: 512 crops (32x32 position
+    # grid), taps after blocks 2, 5, 8, 11, LayerNorm eps 1e-6; the final norm (only ``_ln_`` configs)
+    # touches the last tap only.
     return dict(size, img_size=512, out_indices=(2, 5, 8, 11), final_norm=final_norm, norm_eps=1e-6,
                 drop_path_rate=drop_path_rate)
 
@@ -177,7 +201,7 @@ _NO_NECK = "No neck: the UPerHead runs on four 1/16 maps (its resizes are identi
 
 register_model(ZooEntry(
     name="upernet_vit_b16_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_B16, neck=True, final_norm=False, drop_path_rate=0.0),
     preprocess=ADE20K_WHOLE_512,
     weights=(
@@ -193,7 +217,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_vit_b16_ln_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_B16, neck=True, final_norm=True, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(_weights("upernet_vit-b16_ln_mln_512x512_160k_ade20k", "20210621_172828-f444c077", 47.73, 49.95,
@@ -204,7 +228,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_s16_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_S16, neck=False, final_norm=False, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(
@@ -220,7 +244,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_s16_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_S16, neck=True, final_norm=False, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(_weights("upernet_deit-s16_mln_512x512_160k_ade20k", "20210621_161021-fb9a5dfb", 43.82, 45.07,
@@ -231,7 +255,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_s16_ln_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_S16, neck=True, final_norm=True, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(_weights("upernet_deit-s16_ln_mln_512x512_160k_ade20k", "20210621_161021-c0cd652f", 43.52, 45.01,
@@ -242,7 +266,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_b16_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_B16, neck=False, final_norm=False, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(
@@ -258,7 +282,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_b16_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_B16, neck=True, final_norm=False, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(_weights("upernet_deit-b16_mln_512x512_160k_ade20k", "20210621_191949-4e1450f3", 45.46, 47.16,
@@ -269,7 +293,7 @@ register_model(ZooEntry(
 
 register_model(ZooEntry(
     name="upernet_deit_b16_ln_mln_ade20k",
-    build=_build_upernet,
+    family=UPERNET,
     arch=_arch(VIT_B16, neck=True, final_norm=True, drop_path_rate=0.1),
     preprocess=ADE20K_WHOLE_512,
     weights=(_weights("upernet_deit-b16_ln_mln_512x512_160k_ade20k", "20210623_153535-8a959c14", 45.37, 47.23,

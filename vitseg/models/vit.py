@@ -3,7 +3,7 @@
 Reference: ``mmseg/models/backbones/vit.py`` in open-mmlab/mmsegmentation (v1.2.2, identical inference
 math to v0.16-v1.1.2 apart from the patch-embed bias, which we keep: every released checkpoint has it).
 
-What follows mmseg for parity (zoo-spec §2):
+What follows mmseg for parity:
 * inputs whose sides are not multiples of the patch size are zero-padded at the bottom/right;
 * the position table is resized at forward to the (padded) token grid with bicubic interpolation,
   ``align_corners=False`` and no antialiasing, the cls row untouched;
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-__all__ = ["VisionTransformer", "VIT_T16", "VIT_S16", "VIT_B16", "VIT_L16"]
+__all__ = ["VisionTransformer", "tiny_vit", "VIT_T16", "VIT_S16", "VIT_B16", "VIT_L16"]
 
 # Presets (never mutated): the builder kwargs of each backbone size.
 VIT_T16 = dict(embed_dim=192, depth=12, num_heads=3)
@@ -107,7 +107,8 @@ class VisionTransformer(nn.Module):
         # is the same on every reachable input (mmseg would silently reuse a 32x32 table for 16x64).
         if grid == self.grid_size:
             return self.pos_embed
-        # (1, 1 + h*w, C): bicubic, align_corners=False, no antialias, cls row kept (zoo-spec §2.3).
+        # (1, 1 + h*w, C): bicubic, align_corners=False, no antialias, cls row kept (mmseg's
+        # ``VisionTransformer.resize_pos_embed``).
         return resample_abs_pos_embed(
             self.pos_embed, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=1,
             interpolation="bicubic", antialias=False, align_corners=False)
@@ -142,6 +143,23 @@ class VisionTransformer(nn.Module):
         """Features of ``out_indices`` (see :meth:`forward_intermediates`)."""
         return self.forward_intermediates(x)
 
+    def adapt_pretrained(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ImageNet weights made to fit this backbone, as mmseg's ``init_weights`` does.
+
+        The position table is resized to this backbone's grid (bicubic, no antialias; the source grid is
+        taken as square, as mmseg assumes), and a final norm in the file is ignored when this backbone has
+        none (mmseg's non-strict load).
+        """
+        pos = sd.get("pos_embed")
+        side = math.isqrt(pos.shape[1] - 1) if pos is not None else 0
+        if pos is not None and side * side == pos.shape[1] - 1 and [side, side] != list(self.grid_size):
+            sd["pos_embed"] = resample_abs_pos_embed(
+                pos, new_size=list(self.grid_size), old_size=[side, side], num_prefix_tokens=1,
+                interpolation="bicubic", antialias=False, align_corners=False)
+        if isinstance(self.norm, nn.Identity):
+            sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+        return sd
+
     @property
     def num_tokens_table(self) -> int:
         """Rows of the position table (cls included)."""
@@ -162,3 +180,19 @@ def grid_side(num_tokens: int) -> int:
     if side * side != num_tokens - 1:
         raise ValueError(f"A position table of {num_tokens} rows is not 1 cls row + a square grid")
     return side
+
+
+def tiny_vit(backbone: dict[str, Any], *, depth: int, img_size: int | None = None) -> dict[str, Any]:
+    """Overrides for a 32-wide, 2-head, ``depth``-block version of a ViT backbone preset.
+
+    The tapped blocks keep their relative depth (2, 5, 8, 11 of 12 -> 0, 1, 2, 3 of 4); negative indices
+    stay as they are. Every other flag (final norm, LayerNorm eps, cls-token output) is kept.
+    """
+    taps, full_depth = backbone["out_indices"], backbone["depth"]
+    out = [i if i < 0 else min(i * depth // full_depth, depth - 1) for i in taps]
+    if len(set(out)) != len(out):
+        out = list(range(depth - len(out), depth))
+    over: dict[str, Any] = dict(embed_dim=32, depth=depth, num_heads=2, out_indices=tuple(out))
+    if img_size is not None:
+        over["img_size"] = img_size
+    return over

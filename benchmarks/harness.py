@@ -1,7 +1,7 @@
 """Throughput, memory and FLOP/s of zoo models under the ADE20K test protocol, optionally against mmseg.
 
-``vitseg bench …`` and ``python benchmarks/bench.py …`` both call :func:`main`. What is timed is the
-model's inference on images that are already resized and normalized (zoo-spec §7.1): ``model(x)`` for
+``python benchmarks/bench.py …`` calls :func:`main` (run it from a checkout). What is timed is the
+model's inference on images that are already resized and normalized: ``model(x)`` for
 ``whole`` entries, :func:`vitseg.slide_inference` with the entry's crop and stride for ``slide`` ones.
 The images are generated: short side = the entry's test short side (512; 640 for Segmenter-L), aspect
 1.0-2.0, mostly landscape, from a seeded ``random.Random`` (sizes) and ``torch.Generator`` (pixels).
@@ -11,8 +11,9 @@ builds the same config with random weights, generates the same images, and waits
 runs vitseg and mmseg back to back (order alternating), so machine noise hits both alike. The reported
 figure is the median over repetitions and the ratio is vitseg time / mmseg time.
 
-This module imports only the standard library and torch at import time: the mmseg helper imports the
-image and memory helpers from it in the other venv, where timm is not installed.
+This module imports only the standard library, torch and ``vitseg.benchmark`` at import time: the mmseg
+helper imports from it in the other venv, where timm is not installed. A user who only wants to time a
+model on their own device calls :func:`vitseg.benchmark` instead.
 """
 from __future__ import annotations
 
@@ -31,10 +32,18 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["main", "run", "fuse_conv_bn", "set_fused_attention", "image_sizes", "make_batches", "MMSEG_CONFIGS",
-           "PUBLISHED_V100_FPS", "GPU_PEAK_TFLOPS"]
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)  # the checkout's vitseg
 
-# zoo name -> mmseg 1.x config under configs/ (zoo-spec §1.1). Names not registered yet are skipped.
+from vitseg.benchmark import (  # noqa: E402
+    DTYPES, count_flops, image_sizes, make_batches, reset_rss_peak, rss_bytes)
+
+__all__ = ["main", "run", "fuse_conv_bn", "set_fused_attention", "image_sizes", "make_batches", "count_flops",
+           "MMSEG_CONFIGS", "PUBLISHED_V100_FPS", "GPU_PEAK_TFLOPS", "DTYPES", "autocast", "sync",
+           "reset_rss_peak", "rss_bytes"]
+
+# zoo name -> mmseg 1.x config under mmsegmentation v1.2.2 configs/. Names not registered yet are skipped.
 MMSEG_CONFIGS: dict[str, str] = {
     "dpt_vit_b16_ade20k": "dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py",
     "upernet_vit_b16_mln_ade20k": "vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py",
@@ -53,8 +62,8 @@ MMSEG_CONFIGS: dict[str, str] = {
 }
 
 # The "Inf time (fps)" column of mmseg's configs/{vit,dpt,segmenter}/README.md (V100, each config's
-# own test mode), as quoted in issue #8; the wheels ship no READMEs, so not re-checked here. The GPU
-# target is 20x these.
+# own test mode), as the project's performance goal quotes them; the wheels ship no READMEs, so not
+# re-checked here. The GPU target is 20x these.
 PUBLISHED_V100_FPS: dict[str, float] = {
     "upernet_vit_b16_mln_ade20k": 6.94,
     "upernet_deit_s16_ade20k": 29.85,
@@ -74,56 +83,7 @@ GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
     ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0), ("V100", 125.0), ("T4", 65.0),
 ]
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_MMSEG_PYTHON = os.path.expanduser("~/.cache/vitseg-mmseg-ref/venv/bin/python")
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs and measurements shared with the mmseg helper (standard library + torch only)
-
-def image_sizes(n: int, short: int = 512, seed: int = 0, aspect: tuple[float, float] = (1.0, 2.0)
-                ) -> list[tuple[int, int]]:
-    """``n`` deterministic ``(h, w)`` sizes with the given short side; 3 in 4 are landscape."""
-    rng = random.Random(seed)
-    sizes = []
-    for _ in range(n):
-        long = int(short * rng.uniform(*aspect) + 0.5)
-        sizes.append((short, long) if rng.random() < 0.75 else (long, short))
-    return sizes
-
-
-def make_batches(sizes: list[tuple[int, int]], batch: int, seed: int = 0) -> list[torch.Tensor]:
-    """One normalized-looking (batch, 3, h, w) float32 tensor per size, seeded per index."""
-    out = []
-    for i, (h, w) in enumerate(sizes):
-        g = torch.Generator().manual_seed(seed * 100_003 + i)
-        out.append(torch.randn(batch, 3, h, w, generator=g))
-    return out
-
-
-def rss_bytes(field: str = "VmRSS") -> int | None:
-    """Resident set size (``VmRSS``) or its peak (``VmHWM``) of this process, from /proc."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if field == "VmHWM":  # no /proc: ru_maxrss (KiB on Linux, bytes on macOS)
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    return None
-
-
-def reset_rss_peak() -> int | None:
-    """Reset the kernel's peak-RSS counter (Linux ``clear_refs`` 5) and return the current RSS."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    return rss_bytes("VmRSS")
 
 
 def autocast(device: str, dtype: torch.dtype | None):
@@ -179,7 +139,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
 # The benchmark
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vitseg bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="zoo name (random weights; nothing is downloaded)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (default fp32)")
@@ -222,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
 def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stride: tuple[int, int] | None,
                  windows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     if mode == "slide":
-        from .eval.inference import slide_inference
+        from vitseg.eval.inference import slide_inference
         return lambda x: slide_inference(model, x, crop, stride, batch_size=windows)
     return model
 
@@ -233,20 +193,6 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> int:
     for m in found:
         m.fused_attn = enabled
     return len(found)
-
-
-def count_flops(fn: Callable[[torch.Tensor], Any], batches: list[torch.Tensor]) -> int:
-    """FLOPs of one pass of ``fn`` over ``batches`` (matmuls, convs, attention) by FlopCounterMode.
-
-    Run it on ``meta`` tensors: on CPU tensors SDPA dispatches to a flash kernel the counter has no
-    formula for, and attention (about half of a ViT-T forward at 512x512) would go uncounted.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        for x in batches:
-            fn(x)
-    return counter.get_total_flops()
 
 
 def device_peak_tflops(device: str) -> float | None:
@@ -314,7 +260,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark described by command-line ``argv`` and return the results as a dict."""
     args = _parser().parse_args(argv)
     import vitseg
-    from ._factory import build_from_entry, _merge
+    from vitseg._factory import build_from_entry, merge_arch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -354,7 +300,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     flops = None
     if not args.no_flops:  # on the meta device: shapes only, no compute
         with torch.device("meta"):
-            meta_model = build_from_entry(entry, _merge(entry.arch, overrides)).eval()
+            meta_model = build_from_entry(entry, merge_arch(entry.arch, overrides)).eval()
         flops = count_flops(_protocol_fn(meta_model, mode, crop, stride, args.windows),
                             [x.to("meta") for x in batches_cpu])
 
@@ -482,7 +428,7 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vitseg bench`` and ``benchmarks/bench.py``; returns the exit status."""
+    """Entry point of ``benchmarks/bench.py``; returns the exit status."""
     run(argv)
     return 0
 

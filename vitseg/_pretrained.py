@@ -1,0 +1,137 @@
+"""``save_pretrained`` folders: ``config.json`` + ``model.safetensors`` + a ``README.md`` model card.
+
+A folder loads back with ``create_model("local-dir:<folder>")`` or, once uploaded with :func:`push_to_hub`,
+``create_model("hf-hub:<org>/<repo>")``. This module writes and reads the folder format; it depends on the
+registry and the file helpers only, so models can offer ``model.save_pretrained(...)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from ._io import atomic_write, save_safetensors, write_json
+from ._version import __version__
+
+__all__ = ["save_pretrained", "push_to_hub", "read_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
+    entry, weights = model.entry, getattr(model, "weights", None)
+    pre = config["preprocess"]
+    lines = [
+        "---", "library_name: vitseg", "license: other", "pipeline_tag: image-segmentation",
+        "tags:", "- vitseg", "- semantic-segmentation", "- vision-transformer", f"- {entry.dataset}", "---", "",
+        f"# {config['model']}", "",
+        f"Semantic segmentation model from the vitseg zoo ({entry.source or 'vitseg'}), "
+        f"{config['num_classes']} classes ({entry.dataset}).", "",
+    ]
+    if weights is not None:
+        lines += [
+            f"Weights converted from the original checkpoint <{weights.url}>"
+            + (f" (SHA-256 `{weights.sha256}`)." if weights.sha256 else "."), "",
+            "## Reported results", "",
+            "What the source reports for these weights (ADE20K val unless the dataset says otherwise):", "",
+            "| metric | value |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in weights.metrics.items()], "",
+        ]
+    else:
+        lines += ["These weights are not a released zoo checkpoint; no results are reported for them.", ""]
+    lines += [
+        "## Use", "", "```python", "import vitseg", "",
+        "model = vitseg.create_model('hf-hub:<org>/<repo>')  # or 'local-dir:/path/to/this/folder'",
+        "```", "",
+        "## Preprocessing", "",
+        f"RGB, 0-255, mean {list(pre['mean'])}, std {list(pre['std'])}; keep-ratio resize into "
+        f"{list(pre['resize'])}; inference mode `{pre['mode']}`"
+        + (f", crop {list(pre['crop_size'])}, stride {list(pre['stride'])}." if pre["mode"] == "slide" else "."),
+        "",
+    ]
+    if entry.notes:
+        lines += ["## Notes", "", entry.notes, ""]
+    return "\n".join(lines)
+
+
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
+                    class_names: list[str] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to a folder.
+
+    The folder loads back with ``create_model("local-dir:<folder>")`` or, once uploaded (see
+    :func:`push_to_hub`), ``create_model("hf-hub:<org>/<repo>")``.
+
+    Args:
+        model: a model made by :func:`vitseg.create_model` (it carries ``entry`` and ``arch``).
+        save_directory: created if missing; existing files of the same names are replaced.
+        class_names: names of the output classes (default: the entry dataset's, when the count matches).
+    """
+    entry, arch = getattr(model, "entry", None), getattr(model, "arch", None)
+    if entry is None or arch is None:
+        raise ValueError("save_pretrained needs a model built by vitseg.create_model (it records model.entry "
+                         "and model.arch); build it that way and load your weights into it.")
+    num_classes = model.num_classes
+    if class_names is None and num_classes == len(entry.class_names):
+        class_names = list(entry.class_names)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} classes.")
+    weights = getattr(model, "weights", None)
+    config = {
+        "library": "vitseg",
+        "vitseg_version": __version__,
+        "model": entry.full_name(weights),
+        "arch": arch,
+        "num_classes": num_classes,
+        "preprocess": dataclasses.asdict(entry.preprocess),
+        "dataset": entry.dataset,
+        "class_names": class_names,
+        "weights": None if weights is None else {
+            "url": weights.url, "sha256": weights.sha256, "tag": weights.tag, "metrics": weights.metrics,
+            "source": weights.source},
+    }
+    folder = Path(save_directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(model.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    write_json(folder / CONFIG_NAME, config)
+    card = _model_card(model, config)
+    atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+    return folder
+
+
+def read_config(folder: str | os.PathLike, *, name: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a :func:`save_pretrained` folder, checked to be vitseg's."""
+    path = Path(folder) / CONFIG_NAME
+    what = name or os.fspath(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {what} is not a folder written by vitseg.save_pretrained "
+                                f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the folder is damaged. Save the model again.") from None
+    if not isinstance(config, dict) or config.get("library") != "vitseg":
+        library = config.get("library") if isinstance(config, dict) else None
+        raise ValueError(f"{path} is not a vitseg config (library={library!r}).")
+    return config
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                revision: str | None = None, commit_message: str = "Upload vitseg model") -> str:
+    """Create (if needed) the Hub repo ``repo_id`` and upload the :func:`save_pretrained` folder to it.
+
+    Returns the URL of the commit. Authentication is ``huggingface_hub``'s (``token`` or a stored login).
+    """
+    from huggingface_hub import HfApi
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
