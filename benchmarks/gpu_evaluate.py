@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vitseg  # noqa: E402
-from vitseg.benchmark import image_sizes  # noqa: E402
+from vitseg.timing import image_sizes  # noqa: E402
 from vitseg.eval import ADE20K  # noqa: E402
 from vitseg.eval.predict import label_map  # noqa: E402
 

@@ -11,7 +11,7 @@ builds the same config with random weights, generates the same images, and waits
 runs vitseg and mmseg back to back (order alternating), so machine noise hits both alike. The reported
 figure is the median over repetitions and the ratio is vitseg time / mmseg time.
 
-This module imports only the standard library, torch and ``vitseg.benchmark`` at import time: the mmseg
+This module imports only the standard library, torch and ``vitseg.timing`` at import time: the mmseg
 helper imports from it in the other venv, where timm is not installed. A user who only wants to time a
 model on their own device calls :func:`vitseg.benchmark` instead.
 """
@@ -36,7 +36,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)  # the checkout's vitseg
 
-from vitseg.benchmark import (  # noqa: E402
+from vitseg.timing import (  # noqa: E402
     DTYPES, count_flops, image_sizes, make_batches, reset_rss_peak, rss_bytes)
 
 __all__ = ["main", "run", "fuse_conv_bn", "set_fused_attention", "image_sizes", "make_batches", "count_flops",

@@ -3,7 +3,7 @@
 Started by ``benchmarks/harness.py`` with one JSON argument (config, threads, device, dtype, image sizes, batch,
 seed, whole/slide with crop and stride). It builds the config as ``tools/make_fixtures.py`` does
 (``SyncBN`` -> ``BN``, no pretrained weights, ``patch_bias=True`` as in the released checkpoints),
-generates the same images with ``vitseg.benchmark.make_batches``, prints one JSON line, then answers
+generates the same images with ``vitseg.timing.make_batches``, prints one JSON line, then answers
 commands on stdin, one JSON line each:
 
 * ``run``: one pass over all images (``encode_decode`` for whole, ``slide_inference`` for slide) under

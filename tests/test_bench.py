@@ -1,4 +1,4 @@
-"""``vitseg.benchmark``, ``vitseg bench`` and the side-by-side harness of ``benchmarks/`` on tiny models (CPU)."""
+"""``vitseg.timing``, ``vitseg bench`` and the side-by-side harness of ``benchmarks/`` on tiny models (CPU)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import vitseg
-from vitseg.benchmark import benchmark, count_flops, image_sizes, make_batches
+from vitseg.timing import benchmark, count_flops, image_sizes, make_batches
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from harness import fuse_conv_bn, main, run, set_fused_attention  # noqa: E402

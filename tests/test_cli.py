@@ -106,3 +106,45 @@ def test_predict_writes_label_and_overlay(tiny_entry, tmp_path, capsys) -> None:
     assert labels.size == size and labels.mode == "L"
     assert overlay.width > size[0] and overlay.height >= size[1]  # legend beside the image
     assert np.asarray(labels).max() < 7
+
+
+def test_eval_folder_dataset_equals_a_hand_computed_metric(tiny_entry, tmp_path, capsys) -> None:
+    """``--dataset folder``: DIR/images + DIR/labels (same stems, any image type), class names from a file."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from vitseg.metrics import IoUMetric
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "data" / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "labels" / "sub").mkdir(parents=True)
+    stems = ["a", "sub/b", "c"]
+    for i, stem in enumerate(stems):
+        h, w = 40 + 7 * i, 64 - 5 * i
+        ext = ".png" if i == 1 else ".jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "data" / "images" / f"{stem}{ext}")
+        label = rng.integers(0, 7, (h, w)).astype(np.uint8)
+        label[:3] = 255  # ignored
+        Image.fromarray(label).save(tmp_path / "data" / "labels" / f"{stem}.png")
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(f"thing{i}" for i in range(7)) + "\n")
+    model = vitseg.create_model(tiny_entry)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    out = tmp_path / "res.json"
+    assert main(["eval", "--model", tiny_entry, "--checkpoint", str(ckpt), "--dataset", "folder",
+                 "--data", str(tmp_path / "data"), "--class-names", str(names), "--device", "cpu",
+                 "--workers", "0", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["classes"] == [f"thing{i}" for i in range(7)] and saved["num_images"] == 3
+    metric = IoUMetric(7, ignore_index=255)
+    for stem, ext in zip(stems, [".jpg", ".png", ".jpg"]):
+        pred = vitseg.predict(model, str(tmp_path / "data" / "images" / f"{stem}{ext}"))
+        metric.update(pred, torch.as_tensor(np.array(Image.open(tmp_path / "data" / "labels" / f"{stem}.png")),
+                                            dtype=torch.int64))
+    ref = metric.compute()
+    assert saved["mIoU"] == pytest.approx(ref["mIoU"]) and saved["aAcc"] == pytest.approx(ref["aAcc"])
+    assert "thing0" in capsys.readouterr().out  # the per-class table names the classes
+    assert main(["eval", "--model", tiny_entry, "--checkpoint", str(ckpt), "--dataset", "no_such",
+                 "--data", str(tmp_path / "data")]) == 2
+    assert "Unknown dataset 'no_such'" in capsys.readouterr().err

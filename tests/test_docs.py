@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,18 @@ def test_zoo_table_has_every_checkpoint_with_its_numbers() -> None:
     for name in vitseg.list_models():
         if not vitseg.get_entry(name).weights:
             assert rows[name]["weights"].startswith("none")
+
+
+def test_contributing_worked_example_runs_as_written(tmp_path) -> None:
+    """The guide's example (a head family defined outside the package) runs from any directory."""
+    text = open(os.path.join(ROOT, "docs", "contributing.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "vitseg.Family(" in b)
+    script = tmp_path / "example.py"
+    script.write_text(example, encoding="utf-8")
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "probe_vit_t16_ade20k: ['probe_vit_t16_ade20k']" in r.stdout
 
 
 def test_readme_zoo_table_is_current() -> None:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 import vitseg
 from conftest import tiny_overrides
 from vitseg._registry import NAME_RE
+from vitseg.convert import FORMATS
 
 NAMES = vitseg.list_models()
 
@@ -68,7 +69,7 @@ def test_torch_compile_captures_one_graph(name: str) -> None:
 def test_torch_compile_does_not_recompile_per_image_size(name: str) -> None:
     """Whole-image inference sees a new size per image: after the first shape, dynamo must trace one
     dynamic graph (a few more where mmseg's semantics branch on odd grids), not one per size."""
-    from vitseg.benchmark import image_sizes
+    from vitseg.timing import image_sizes
     graphs = []
 
     def count(gm, example_inputs):
@@ -96,10 +97,32 @@ def test_entry_schema(name: str) -> None:
     if not entry.weights:
         assert entry.notes, "architecture-only entries must say why they have no weights"
     for w in entry.weights:
-        assert w.url.startswith("https://download.openmmlab.com/mmsegmentation/v0.5/")
+        assert w.url.startswith("https://") and w.format in FORMATS
         assert w.hash_prefix and len(w.hash_prefix) == 8
         assert w.metrics["mIoU"] > 0 and w.metrics["mIoU_ms_flip"] >= w.metrics["mIoU"]
         assert (w.tag is None) == (len(entry.weights) == 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_knowledge_lives_in_the_family_file(name: str) -> None:
+    """Builder, tiny rule and zoo-table wording come from one module: the one that registers the entry."""
+    family = vitseg.get_entry(name).family
+    home = family.build.__module__
+    assert family.tiny.__module__ == family.describe.__module__ == home
+    head, backbone = family.describe(vitseg.get_entry(name))
+    assert head and backbone
+    assert all(k.startswith(("decode_head.", "auxiliary_head.")) for k in family.class_sized)
+    # every head tensor sized by the class count (7 here, no width is 7) must be declared class-sized
+    over = dict(tiny_overrides(name), num_classes=7)
+    sd = vitseg.create_model(name, **over, **_aux(name)).state_dict()
+    sized = {k for k, v in sd.items() if k.startswith(("decode_head.", "auxiliary_head.")) and 7 in v.shape}
+    assert sized and sized <= set(family.class_sized)
+    assert all(sd[k].shape[family.class_sized[k]] == 7 for k in sized)
+
+
+def _aux(name: str) -> dict:
+    import inspect
+    return {"auxiliary_head": True} if "auxiliary_head" in inspect.signature(vitseg.get_entry(name).build).parameters else {}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -16,7 +16,7 @@ LAYERS = [
     ["vitseg._registry", "vitseg.layers", "vitseg.metrics", "vitseg.viz", "vitseg.convert"],
     ["vitseg.models", "vitseg._checkpoint", "vitseg._pretrained"],
     ["vitseg._hub"],
-    ["vitseg._factory", "vitseg.eval", "vitseg.benchmark"],
+    ["vitseg._factory", "vitseg.eval", "vitseg.timing"],
     ["vitseg.cli", "vitseg.__main__"],
 ]
 FAMILY_MAY_USE = ("vitseg._registry", "vitseg.data", "vitseg.layers", "vitseg.models", "vitseg._pretrained")

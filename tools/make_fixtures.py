@@ -7,7 +7,7 @@ Runs in the mmseg reference venv (never in vitseg's):
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_fixtures.py --full DIR # full-size, not committed
 
 For each fixture it builds the mmseg config with shrunken widths (``SyncBN`` -> ``BN``,
-``patch_bias=True`` because mmseg 1.2.x silently drops the patch-embed bias, zoo-spec §2.10), gives every
+``patch_bias=True`` because mmseg 1.2.x silently drops the patch-embed bias that every released checkpoint has), gives every
 parameter and buffer seeded non-trivial values (norm weights around 1 but not 1, positive running
 variances), and writes:
 

@@ -21,9 +21,9 @@ _API = {
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
     "save_pretrained": "._pretrained", "push_to_hub": "._pretrained",
     "evaluate": ".eval.evaluate", "predict": ".eval.predict",
-    "benchmark": ".benchmark",
+    "benchmark": ".timing",
 }
-_SUBMODULES = ("benchmark", "convert", "data", "eval", "metrics", "models", "viz")
+_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "timing", "viz")
 
 __all__ = ["__version__", *_API]
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._factory import create_model, load_pretrained_backbone
     from ._pretrained import push_to_hub, save_pretrained
     from ._registry import Family, Weights, ZooEntry, get_entry, list_models, register_model, tiny_overrides
-    from .benchmark import benchmark
+    from .timing import benchmark
     from .data import DatasetInfo, Preprocess, list_datasets, register_dataset
     from .eval.evaluate import evaluate
     from .eval.inference import slide_inference, whole_inference

@@ -193,7 +193,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .benchmark import DTYPES, benchmark, image_sizes
+    from .timing import DTYPES, benchmark, image_sizes
     from ._factory import create_model
     from ._registry import get_entry, tiny_overrides
     overrides = tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
