@@ -160,11 +160,6 @@ class VisionTransformer(nn.Module):
             sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
         return sd
 
-    @property
-    def num_tokens_table(self) -> int:
-        """Rows of the position table (cls included)."""
-        return self.pos_embed.shape[1]
-
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, out_indices={self.out_indices}"
 
@@ -172,14 +167,6 @@ class VisionTransformer(nn.Module):
 def _linspace(end: float, n: int) -> list[float]:
     """``n`` evenly spaced rates from 0 to ``end`` (plain floats, so meta-device builds work)."""
     return [end * i / (n - 1) for i in range(n)] if n > 1 else [0.0] * n
-
-
-def grid_side(num_tokens: int) -> int:
-    """Side of the square grid of a position table with one cls row."""
-    side = math.isqrt(num_tokens - 1)
-    if side * side != num_tokens - 1:
-        raise ValueError(f"A position table of {num_tokens} rows is not 1 cls row + a square grid")
-    return side
 
 
 def tiny_vit(backbone: dict[str, Any], *, depth: int, img_size: int | None = None) -> dict[str, Any]:
