@@ -18,8 +18,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
 _HEADS = {"dpt": "DPT", "upernet": "UPerNet", "segmenter_linear": "Segmenter (linear)",
-          "segmenter_mask": "Segmenter (mask)"}
-_NAME = re.compile(r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit|deit)_([tslb])16(_ln)?(_mln)?_")
+          "segmenter_mask": "Segmenter (mask)", "setr_naive": "SETR (naive)", "setr_pup": "SETR (PUP)",
+          "setr_mla": "SETR (MLA)"}
+_NAME = re.compile(r"^(dpt|upernet|segmenter_linear|segmenter_mask|setr_naive|setr_pup|setr_mla)_(vit|deit)_([tslb])16(_ln)?(_mln)?_")
 _SIZES = {"t": "T", "s": "S", "b": "B", "l": "L"}
 
 

@@ -21,6 +21,8 @@ CLASS_SIZED_KEYS = (
     "decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
     "decode_head.cls_emb", "decode_head.mask_norm.weight", "decode_head.mask_norm.bias",
     "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias",
+    # lists of auxiliary heads (SETR): auxiliary_head.N.conv_seg
+    *(f"auxiliary_head.{i}.conv_seg.{p}" for i in range(4) for p in ("weight", "bias")),
 )
 
 

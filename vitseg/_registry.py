@@ -18,10 +18,11 @@ import torch.nn as nn
 __all__ = [
     "Preprocess", "Weights", "ZooEntry", "register_model", "list_models", "get_entry",
     "resolve_name", "tiny_overrides", "ADE20K_WHOLE_512", "ADE20K_SLIDE_512", "ADE20K_SLIDE_640",
+    "ADE20K_SLIDE_512_S341",
 ]
 
 NAME_RE = re.compile(
-    r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit_t16|vit_s16|vit_b16|vit_l16|deit_s16|deit_b16)"
+    r"^(dpt|upernet|segmenter_linear|segmenter_mask|setr_naive|setr_pup|setr_mla)_(vit_t16|vit_s16|vit_b16|vit_l16|deit_s16|deit_b16)"
     r"(_ln)?(_mln)?_[a-z0-9]+$"
 )
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -62,6 +63,9 @@ ADE20K_SLIDE_512 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2048, 512), 
                               crop_size=(512, 512), stride=(480, 480))
 ADE20K_SLIDE_640 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2560, 640), mode="slide",
                               crop_size=(640, 640), stride=(608, 608))
+# SETR: ImageNet mean/std, 512 windows every 341 pixels.
+ADE20K_SLIDE_512_S341 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
+                                   crop_size=(512, 512), stride=(341, 341))
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ def tiny_overrides(name: str, *, depth: int = 4, img_size: int | None = None,
     if img_size is not None:
         backbone["img_size"] = img_size
     over: dict[str, Any] = dict(backbone=backbone)
-    for key in ("channels", "aux_channels"):  # neck and head widths, where the family has them
+    for key in ("channels", "aux_channels", "mla_channels"):  # neck and head widths, where the family has them
         if key in arch:
             over[key] = 16
     if "post_process_channels" in arch:  # DPT's reassemble widths
