@@ -154,11 +154,57 @@ FULL.update({
 _SEGMENTER_FULL_CASES = _FULL_CASES + [
     dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
 
+# SETR (configs/setr/): naive, PUP and MLA heads with their lists of auxiliary heads (kept in the
+# checkpoints). The tiny table is 32 (2x2 grid) so that every other case resizes it (bilinearly); the
+# slide case keeps the configs' stride / crop ratio (341 / 512 ~ 32 / 48). ``rescale`` shrinks the
+# residual stream (variance ~1e-4) so that the LayerNorm eps of the blocks, the heads and the MLA neck
+# (1e-6) show; ``small_bn_var`` does the same for BatchNorm; ``aux`` records each auxiliary head's logits.
+_SETR_BACKBONE = dict(embed_dims=16, num_layers=4, num_heads=2, img_size=(32, 32), out_indices=(0, 1, 2, 3))
+_SETR_RESCALE = {"backbone.patch_embed.": 0.01, "backbone.pos_embed": 0.01, "backbone.cls_token": 0.01,
+                 **{f"backbone.layers.{i}.{m}.": 0.01 for i in range(4) for m in ("attn.attn.out_proj", "ffn.layers.1")}}
+_SETR_VITSEG = dict(backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=32, out_indices=(0, 1, 2, 3)),
+                    channels=8, num_classes=4)
+_SETR_CASES = [dict(name="square", shape=(1, 32, 32), mode="whole"),
+               dict(name="odd", shape=(1, 35, 49), mode="whole"),
+               dict(name="slide", shape=(2, 50, 56), mode="slide", crop=(48, 48), stride=(32, 32))]
+
+
+def _setr_up_tiny() -> dict:
+    head = dict(in_channels=16, channels=8, num_classes=4)
+    return dict(backbone=_SETR_BACKBONE, decode_head=head, auxiliary_head=[head] * 3)
+
+
+FIXTURES.update({
+    f"setr_{head}_vit_l16": dict(
+        config=f"setr/setr_vit-l_{head}_8xb2-160k_ade20k-512x512.py", tiny=_setr_up_tiny(),
+        model=f"setr_{head}_vit_l16_ade20k", vitseg=_SETR_VITSEG, cases=_SETR_CASES, rescale=_SETR_RESCALE,
+        small_bn_var=True, aux="square")
+    for head in ("naive", "pup")
+})
+FIXTURES["setr_mla_vit_l16"] = dict(
+    config="setr/setr_vit-l-mla_8xb1-160k_ade20k-512x512.py",
+    tiny=dict(backbone=_SETR_BACKBONE, neck=dict(in_channels=[16] * 4, out_channels=8),
+              decode_head=dict(in_channels=(8,) * 4, channels=16, mla_channels=4, num_classes=4),
+              auxiliary_head=[dict(in_channels=8, channels=8, num_classes=4)] * 4),
+    model="setr_mla_vit_l16_ade20k", vitseg=dict(_SETR_VITSEG, mla_channels=4), cases=_SETR_CASES,
+    rescale=_SETR_RESCALE, small_bn_var=True, aux="square")
+_SETR_FULL_CASES = _FULL_CASES + [
+    dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(341, 341))]
+FULL.update({
+    f"setr_{head}_vit_l16": dict(config=FIXTURES[f"setr_{head}_vit_l16"]["config"],
+                                 model=f"setr_{head}_vit_l16_ade20k", cases=_SETR_FULL_CASES)
+    for head in ("naive", "pup", "mla")
+})
+
 
 def _merge(cfg: dict, upd: dict) -> None:
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             _merge(cfg[k], v)
+        elif isinstance(v, list) and isinstance(cfg.get(k), list) and len(v) == len(cfg[k]) and all(
+                isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cfg[k], v)):
+            for a, b in zip(cfg[k], v):  # a list of heads: update each one
+                _merge(a, b)
         else:
             cfg[k] = v
 
@@ -233,6 +279,11 @@ def make(name: str, spec: dict, cases: list[dict], out_dir: str, seed: int, tiny
         io[f"{case['name']}.output"] = run_case(model, x, case).contiguous()
         print(f"  {name}/{case['name']}: in {tuple(x.shape)} out {tuple(io[case['name'] + '.output'].shape)} "
               f"max|logit| {io[case['name'] + '.output'].abs().max():.3f}")
+        if spec.get("aux") == case["name"]:  # each auxiliary head's logits, at the head's resolution
+            with torch.no_grad():
+                feats = model.extract_feat(x)
+                for i, head in enumerate(model.auxiliary_head):
+                    io[f"{case['name']}.aux.{i}"] = head.forward(feats).contiguous()
     torch.save(io, os.path.join(out_dir, f"{name}_io.pt"))
     assert not mmcv_ext_stub.STUB_CALLS, mmcv_ext_stub.STUB_CALLS
     return dict(model=spec["model"], overrides=spec.get("vitseg", {}) if tiny else {},

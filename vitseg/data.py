@@ -20,7 +20,7 @@ from typing import Literal, Mapping
 __all__ = [
     "Preprocess", "FolderLayout", "DatasetInfo", "register_dataset", "dataset_info", "list_datasets",
     "display_name", "default_palette", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_WHOLE_512",
-    "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+    "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "ADE20K_SLIDE_512_S341", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
 ]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -62,6 +62,9 @@ ADE20K_SLIDE_512 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2048, 512), 
                               crop_size=(512, 512), stride=(480, 480))
 ADE20K_SLIDE_640 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2560, 640), mode="slide",
                               crop_size=(640, 640), stride=(608, 608))
+# SETR: ImageNet mean/std, 512 windows every 341 pixels.
+ADE20K_SLIDE_512_S341 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
+                                   crop_size=(512, 512), stride=(341, 341))
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ register_dataset(DatasetInfo(
     layout=FolderLayout(images="images/{split}", labels="annotations/{split}", img_suffix=".jpg",
                         seg_map_suffix=".png", subdir="ADEChallengeData2016",
                         splits=("training", "validation"), default_split="validation"),
-    presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640},
+    presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640,
+             "slide_512_s341": ADE20K_SLIDE_512_S341},
     description="ADE20K SceneParsing, 150 classes: the folder extracted from ADEChallengeData2016.zip",
 ))
 

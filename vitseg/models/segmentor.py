@@ -34,7 +34,8 @@ class Segmentor(nn.Module):
         backbone: returns a list of feature maps.
         decode_head: maps the (neck's) feature list to class logits.
         neck: optional module between backbone and head.
-        auxiliary_head: optional training head (its logits are returned too in training mode).
+        auxiliary_head: optional training head (its logits are returned too in training mode), or an
+            ``nn.ModuleList`` of them (mmseg's list of auxiliary heads, keys ``auxiliary_head.N.``).
     """
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
@@ -55,14 +56,18 @@ class Segmentor(nn.Module):
         feats = self.backbone(x)
         return self.neck(feats) if self.neck is not None else feats
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B, num_classes, H, W) for a normalized image batch (B, 3, H, W).
 
-        In training mode with an auxiliary head, returns ``(logits, aux_logits)``.
+        In training mode with an auxiliary head, returns ``(logits, aux_logits)``; with a list of
+        auxiliary heads, ``(logits, [aux_logits, ...])`` in their order.
         """
         check_image_tensor(x, self.backbone.patch_embed.proj.in_channels)
         feats = self.extract_feat(x)
         logits = resize_to(self.decode_head(feats), x.shape[-2:])
+        if self.training and isinstance(self.auxiliary_head, nn.ModuleList):
+            return logits, [resize_to(head(feats), x.shape[-2:]) for head in self.auxiliary_head]
         if self.training and self.auxiliary_head is not None:
             return logits, resize_to(self.auxiliary_head(feats), x.shape[-2:])
         return logits

@@ -5,15 +5,16 @@ math to v0.16-v1.1.2 apart from the patch-embed bias, which we keep: every relea
 
 What follows mmseg for parity:
 * inputs whose sides are not multiples of the patch size are zero-padded at the bottom/right;
-* the position table is resized at forward to the (padded) token grid with bicubic interpolation,
-  ``align_corners=False`` and no antialiasing, the cls row untouched;
+* the position table is resized at forward to the (padded) token grid with bicubic interpolation
+  (bilinear for SETR, mmseg's ``interpolate_mode``), ``align_corners=False`` and no antialiasing, the cls
+  row untouched;
 * the optional final norm runs once, after the last block, so only the last out index sees it.
 """
 from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,10 @@ class VisionTransformer(nn.Module):
         final_norm: apply a LayerNorm (``norm``) after the last block.
         output_cls_token: return ``(map, cls_token)`` pairs instead of maps.
         drop_path_rate: stochastic depth, linearly increasing over blocks (training only).
+        pos_embed_interp: how the position table is resized to another grid (mmseg's ``interpolate_mode``).
+        with_cls_token: run the blocks on the cls token and the patches. ``False`` (SETR-MLA) runs them on
+            the patches only; ``cls_token`` and the table's cls row are then kept, frozen, for checkpoint
+            compatibility, and change nothing.
     """
 
     def __init__(
@@ -64,6 +69,8 @@ class VisionTransformer(nn.Module):
         final_norm: bool = False,
         output_cls_token: bool = False,
         drop_path_rate: float = 0.0,
+        pos_embed_interp: Literal["bicubic", "bilinear"] = "bicubic",
+        with_cls_token: bool = True,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -72,6 +79,12 @@ class VisionTransformer(nn.Module):
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.out_indices = tuple(i % depth for i in out_indices)
         self.output_cls_token = output_cls_token
+        self.pos_embed_interp = pos_embed_interp
+        self.with_cls_token = with_cls_token
+        if output_cls_token and not with_cls_token:
+            raise ValueError("output_cls_token=True needs with_cls_token=True")
+        if pos_embed_interp not in ("bicubic", "bilinear"):
+            raise ValueError(f"pos_embed_interp must be 'bicubic' or 'bilinear', got {pos_embed_interp!r}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
         if any(not -depth <= i < depth for i in out_indices):
@@ -83,7 +96,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
             bias=True, flatten=False, strict_img_size=False, dynamic_img_pad=True)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # mmseg keeps the cls token (and its table row) even where no block sees it: frozen there.
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=with_cls_token)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         dpr = _linspace(drop_path_rate, depth)
@@ -107,11 +121,11 @@ class VisionTransformer(nn.Module):
         # is the same on every reachable input (mmseg would silently reuse a 32x32 table for 16x64).
         if grid == self.grid_size:
             return self.pos_embed
-        # (1, 1 + h*w, C): bicubic, align_corners=False, no antialias, cls row kept (mmseg's
-        # ``VisionTransformer.resize_pos_embed``).
+        # (1, 1 + h*w, C): bicubic (SETR: bilinear), align_corners=False, no antialias, cls row kept
+        # (mmseg's ``VisionTransformer.resize_pos_embed``).
         return resample_abs_pos_embed(
             self.pos_embed, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=1,
-            interpolation="bicubic", antialias=False, align_corners=False)
+            interpolation=self.pos_embed_interp, antialias=False, align_corners=False)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None
                               ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
@@ -123,8 +137,12 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)  # (B, C, Hp, Wp), zero padded bottom/right to a multiple of the patch
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, C, Hp, Wp) -> (B, N, C)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self._pos_embed(grid)
+        pos = self._pos_embed(grid)
+        if self.with_cls_token:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+        else:  # mmseg adds the table to [cls, patches], then drops the cls row before the blocks
+            x = x + pos[:, 1:]
+        first = 1 if self.with_cls_token else 0  # index of the first patch token
 
         outs: dict[int, object] = {}
         last = len(self.blocks) - 1
@@ -133,7 +151,7 @@ class VisionTransformer(nn.Module):
             if i == last:
                 x = self.norm(x)  # mmseg applies the final norm after the last block only
             if i in indices:
-                fmap = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, N, C) -> (B, C, Hp, Wp)
+                fmap = x[:, first:].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, N, C) -> (B, C, Hp, Wp)
                 outs[i] = (fmap, x[:, 0]) if self.output_cls_token else fmap
             if i >= max(indices):
                 break  # later blocks would not change any returned map
@@ -146,8 +164,8 @@ class VisionTransformer(nn.Module):
     def adapt_pretrained(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """ImageNet weights made to fit this backbone, as mmseg's ``init_weights`` does.
 
-        The position table is resized to this backbone's grid (bicubic, no antialias; the source grid is
-        taken as square, as mmseg assumes), and a final norm in the file is ignored when this backbone has
+        The position table is resized to this backbone's grid (its ``pos_embed_interp``, no antialias; the
+        source grid is taken as square, as mmseg assumes), and a final norm in the file is ignored when this backbone has
         none (mmseg's non-strict load).
         """
         pos = sd.get("pos_embed")
@@ -155,7 +173,7 @@ class VisionTransformer(nn.Module):
         if pos is not None and side * side == pos.shape[1] - 1 and [side, side] != list(self.grid_size):
             sd["pos_embed"] = resample_abs_pos_embed(
                 pos, new_size=list(self.grid_size), old_size=[side, side], num_prefix_tokens=1,
-                interpolation="bicubic", antialias=False, align_corners=False)
+                interpolation=self.pos_embed_interp, antialias=False, align_corners=False)
         if isinstance(self.norm, nn.Identity):
             sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
         return sd
