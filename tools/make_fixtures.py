@@ -177,7 +177,8 @@ def build_mmseg(config: str, tiny: dict | None) -> torch.nn.Module:
     model_cfg.pop("data_preprocessor", None)
     model_cfg["pretrained"] = None
     model_cfg["backbone"]["init_cfg"] = None
-    model_cfg["backbone"]["patch_bias"] = True  # mmseg 1.2.x drops it; released checkpoints have it
+    if model_cfg["backbone"]["type"] == "VisionTransformer":  # BEiT / MAE keep their patch bias
+        model_cfg["backbone"]["patch_bias"] = True  # mmseg 1.2.x drops it; released checkpoints have it
     if tiny:
         _merge(model_cfg, tiny)
     model = MODELS.build(model_cfg)

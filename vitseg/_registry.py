@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(
-    r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit_t16|vit_s16|vit_b16|vit_l16|deit_s16|deit_b16)"
+    r"^(dpt|upernet|segmenter_linear|segmenter_mask)_(vit_t16|vit_s16|vit_b16|vit_l16|deit_s16|deit_b16"
+    r"|beit_b16|beit_l16|mae_b16)"
     r"(_ln)?(_mln)?_[a-z0-9]+$"
 )
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

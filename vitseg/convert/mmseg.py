@@ -9,6 +9,7 @@ from typing import Mapping
 
 import torch
 
+from ..models.beit import MMSEG_IGNORED as _BEIT_IGNORED, MMSEG_RULES as _BEIT_RULES
 from ._rules import rename_keys
 
 __all__ = ["convert_mmseg", "MMSEG_RULES", "IGNORED"]
@@ -27,9 +28,10 @@ MMSEG_RULES: list[tuple[str, str]] = [
     (_BLOCKS + r"ffn\.layers\.0\.0\.",                 r"\1.blocks.\2.mlp.fc1."),
     (_BLOCKS + r"ffn\.layers\.1\.",                    r"\1.blocks.\2.mlp.fc2."),
     (r"^(neck|decode_head|auxiliary_head)\.",          r"\1."),
+    *_BEIT_RULES,
 ]
 # fmt: on
-IGNORED: list[str] = []
+IGNORED: list[str] = [*_BEIT_IGNORED]
 
 
 def convert_mmseg(state_dict: Mapping[str, torch.Tensor], *, keep_auxiliary: bool = False

@@ -1,0 +1,367 @@
+"""UPerNet on BEiT and MAE backbones, with the Feature2Pyramid neck.
+
+Papers: Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022; He et al., "Masked
+Autoencoders Are Scalable Vision Learners", CVPR 2022; the head is UPerNet (Xiao et al., ECCV 2018).
+Reference implementation (the weights below were trained with it): ``mmseg/models/backbones/beit.py``,
+``mmseg/models/backbones/mae.py`` and ``mmseg/models/necks/featurepyramid.py`` in
+open-mmlab/mmsegmentation v1.2.2, configs ``configs/beit/`` and ``configs/mae/``.
+
+The backbone is built from timm's BEiT blocks (``timm.models.beit.Block``: pre-norm attention and MLP,
+each residual scaled by a learned per-channel ``gamma``; ``Attention`` with a per-block relative
+position table over a fixed window of tokens plus three cls rows) under timm's parameter names, so timm
+BEiT ImageNet weights load with :func:`vitseg.convert.beit.convert_timm_beit`. What follows mmseg:
+
+* **BEiT**: learned q and v biases (no k bias), no absolute position table, LayerNorm eps 1e-6.
+* **MAE** (mmseg's ``MAE`` subclasses ``BEiT``): a full ``qkv`` bias, *plus* an absolute position table
+  added after the cls token is prepended, and the same per-block relative tables.
+* **Fixed token grid.** mmseg resizes relative (and MAE's absolute) tables only when it loads ImageNet
+  weights at init; its forward adds them as they are, so any input whose token grid is not the training
+  window (40x40 for 640 crops, 32x32 for MAE's 512) fails there with a shape error -- or, for a grid of
+  the same token count but another shape (20x80), silently applies the table in the wrong layout.
+  :class:`BEiT` accepts exactly the inputs mmseg computes correctly and raises a ``ValueError`` naming
+  the size otherwise. The zoo evaluates these models with sliding windows of the training size, so
+  every window is that size whenever the resized image is at least one window in each direction.
+* **No padding.** mmseg's patch conv has ``padding=0``: the last ``H % 16`` rows and ``W % 16``
+  columns never reach a token (a 650x650 input runs as 640x640; the logits still cover 650x650).
+* The final norm (``final_norm``, off in every zoo config) runs after the last block only.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.beit import Block
+
+from .._registry import IMAGENET_MEAN, IMAGENET_STD, Preprocess, Weights, ZooEntry, register_model
+from .segmentor import Segmentor
+from .upernet import FCNHead, UPerHead
+from .vit import _linspace
+
+__all__ = [
+    "BEiT", "Feature2Pyramid", "BEIT_B16", "BEIT_L16", "MAE_B16", "ADE20K_SLIDE_640_426",
+    "ADE20K_SLIDE_512_341", "tiny_beit", "describe", "MMSEG_RULES", "MMSEG_IGNORED", "CLASS_SIZED",
+]
+
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
+_CFG = "mmseg configs/{} @ v1.2.2"
+
+# Backbone presets (never mutated): the BEiT kwargs of each size.
+BEIT_B16 = dict(embed_dim=768, depth=12, num_heads=12)
+BEIT_L16 = dict(embed_dim=1024, depth=24, num_heads=16)
+MAE_B16 = dict(embed_dim=768, depth=12, num_heads=12, qkv_bias="qkv", abs_pos_embed=True)
+
+# configs/_base_/models/upernet_{beit,mae}.py data_preprocessor: ImageNet mean/std (not the 127.5 of
+# Segmenter); test pipelines from configs/_base_/datasets/ade20k_640x640.py and ade20k.py; slide
+# windows of the training crop with a stride of two thirds of it (the configs' test_cfg).
+ADE20K_SLIDE_640_426 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2560, 640), mode="slide",
+                                  crop_size=(640, 640), stride=(426, 426))
+ADE20K_SLIDE_512_341 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
+                                  crop_size=(512, 512), stride=(341, 341))
+
+
+class BEiT(nn.Module):
+    """BEiT / MAE encoder that returns NCHW feature maps of selected blocks.
+
+    Args:
+        img_size: training input size; the token grid (``img_size // patch_size``) is the window of the
+            relative position tables and the only grid the model accepts.
+        patch_size: side of the square patches.
+        in_chans: input channels.
+        embed_dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: hidden width of the MLP relative to ``embed_dim``.
+        qkv_bias: ``"qv"`` (BEiT: learned q and v biases, k bias fixed at zero) or ``"qkv"`` (MAE: one
+            bias over the whole qkv projection).
+        abs_pos_embed: add an absolute position table (with a cls row) after the cls token (MAE).
+        init_values: initial value of the layer-scale ``gamma`` (training only; 0.1 BEiT-B, 1e-6 BEiT-L,
+            1.0 MAE in mmseg's configs).
+        norm_eps: LayerNorm epsilon.
+        out_indices: blocks whose outputs are returned (negative indices count from the end).
+        final_norm: apply a LayerNorm (``norm``) after the last block.
+        drop_path_rate: stochastic depth, linearly increasing over blocks (training only).
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int] = 640,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: Literal["qv", "qkv"] = "qv",
+        abs_pos_embed: bool = False,
+        init_values: float = 0.1,
+        norm_eps: float = 1e-6,
+        out_indices: Sequence[int] = (3, 5, 7, 11),
+        final_norm: bool = False,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if qkv_bias not in ("qv", "qkv"):
+            raise ValueError(f"qkv_bias must be 'qv' (BEiT) or 'qkv' (MAE), got {qkv_bias!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if any(not -depth <= i < depth for i in out_indices):
+            raise ValueError(f"out_indices {tuple(out_indices)} must lie in [0, {depth})")
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.img_size = img_size
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.dynamic_img_size = False  # timm's flag: the tables are not resized at forward
+        self.out_indices = tuple(i % depth for i in out_indices)
+
+        # The caller crops to whole patches first (mmseg's conv drops the remainder), so timm's
+        # divisibility check always holds.
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            bias=True, flatten=False, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        num_tokens = 1 + self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if abs_pos_embed else None
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        dpr = _linspace(drop_path_rate, depth)
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, qkv_bias=qkv_bias == "qv", mlp_ratio=mlp_ratio, drop_path=dpr[i],
+                  init_values=init_values, norm_layer=norm_layer, window_size=self.grid_size)
+            for i in range(depth)
+        ])
+        if qkv_bias == "qkv":
+            # timm's BEiT attention knows only q/v biases; with those off it calls ``self.qkv(x)``, so a
+            # biased projection gives mmseg MAE's full qkv bias under timm ViT's name (``attn.qkv.bias``).
+            for block in self.blocks:
+                block.attn.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=True)
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Truncated-normal tables and qkv weights (mmseg's random init); the blocks keep timm's otherwise."""
+        if self.cls_token.is_meta:
+            return
+        trunc_normal_(self.cls_token, std=0.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        for block in self.blocks:
+            trunc_normal_(block.attn.qkv.weight, std=0.02)
+            if block.attn.qkv.bias is not None:
+                nn.init.zeros_(block.attn.qkv.bias)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless ``height x width`` gives the training token grid."""
+        p = self.patch_size
+        if (height // p, width // p) != self.grid_size:
+            gh, gw = self.grid_size
+            raise ValueError(
+                f"This {type(self).__name__} backbone takes inputs of {gh * p}x{gw * p} pixels (up to "
+                f"{gh * p + p - 1}x{gw * p + p - 1}; its relative position tables cover a {gh}x{gw} token "
+                f"grid and, as in mmseg, are not resized at forward); got {height}x{width}. Run sliding "
+                f"windows of that size: vitseg.slide_inference(model, x, crop_size=({gh * p}, {gw * p}), "
+                f"stride=...), with an image at least that large in both directions.")
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None
+                              ) -> list[torch.Tensor]:
+        """NCHW maps of the blocks in ``indices`` (default ``out_indices``), in that order."""
+        indices = self.out_indices if indices is None else tuple(i % len(self.blocks) for i in indices)
+        self.check_input_size(x.shape[-2], x.shape[-1])
+        gh, gw = self.grid_size
+        x = self.patch_embed(x[:, :, :gh * self.patch_size, :gw * self.patch_size])  # (B, C, gh, gw)
+        x = x.flatten(2).transpose(1, 2)  # (B, C, gh, gw) -> (B, N, C)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+
+        outs: dict[int, torch.Tensor] = {}
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == last:
+                x = self.norm(x)  # mmseg applies the final norm after the last block only
+            if i in indices:
+                outs[i] = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)  # (B, N, C) -> (B, C, gh, gw)
+            if i >= max(indices):
+                break  # later blocks would not change any returned map
+        return [outs[i] for i in indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of ``out_indices`` (see :meth:`forward_intermediates`)."""
+        return self.forward_intermediates(x)
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, out_indices={self.out_indices}"
+
+
+class Feature2Pyramid(nn.Module):
+    """Same-resolution ViT maps -> strides 4, 8, 16, 32: two / one 2x2 deconvs, identity, 2x2 max-pool.
+
+    The 4x branch is deconv, BatchNorm (mmseg's SyncBN, eps 1e-5), GELU, deconv; parameter names are
+    mmseg's (``upsample_4x.0``, ``upsample_4x.1``, ``upsample_4x.3``, ``upsample_2x.0``).
+
+    Args:
+        embed_dim: width of the maps (kept).
+        rescales: ``(4, 2, 1, 0.5)`` or ``(2, 1, 0.5, 0.25)``, the two orders mmseg's forward supports.
+    """
+
+    def __init__(self, embed_dim: int, rescales: Sequence[float] = (4, 2, 1, 0.5)) -> None:
+        super().__init__()
+        self.rescales = tuple(rescales)
+        if self.rescales not in ((4, 2, 1, 0.5), (2, 1, 0.5, 0.25)):
+            raise ValueError(f"rescales must be (4, 2, 1, 0.5) or (2, 1, 0.5, 0.25), got {self.rescales}")
+        if 4 in self.rescales:
+            self.upsample_4x = nn.Sequential(
+                nn.ConvTranspose2d(embed_dim, embed_dim, kernel_size=2, stride=2),
+                nn.BatchNorm2d(embed_dim, eps=1e-5),
+                nn.GELU(),
+                nn.ConvTranspose2d(embed_dim, embed_dim, kernel_size=2, stride=2),
+            )
+        self.upsample_2x = nn.Sequential(nn.ConvTranspose2d(embed_dim, embed_dim, kernel_size=2, stride=2))
+        self.identity = nn.Identity()
+        # Max-pooling floors odd sides (a 3x5 grid -> 1x2), as mmseg's MaxPool2d(2, 2).
+        self.downsample_2x = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.downsample_4x = nn.MaxPool2d(kernel_size=4, stride=4)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feats) != len(self.rescales):
+            raise ValueError(f"Feature2Pyramid expects {len(self.rescales)} maps, got {len(feats)}")
+        if self.rescales[0] == 4:
+            ops = [self.upsample_4x, self.upsample_2x, self.identity, self.downsample_2x]
+        else:
+            ops = [self.upsample_2x, self.identity, self.downsample_2x, self.downsample_4x]
+        return [op(x) for op, x in zip(ops, feats)]
+
+
+def _build_beit(*, backbone: dict, num_classes: int, channels: int = 768, pool_scales: Sequence[int] = (1, 2, 3, 6),
+                rescales: Sequence[float] = (4, 2, 1, 0.5), auxiliary_head: bool = False, aux_channels: int = 256,
+                aux_in_index: int = 2) -> Segmentor:
+    """BEiT / MAE backbone -> Feature2Pyramid -> UPerHead; with ``auxiliary_head`` the FCN training head too.
+
+    Args:
+        backbone: :class:`BEiT` kwargs (four out indices).
+        num_classes: output classes.
+        channels: width of the UPerHead convs (768 for BEiT-B and MAE-B, 1024 for BEiT-L).
+        pool_scales: PPM output sides.
+        rescales: Feature2Pyramid scale per level.
+        auxiliary_head: add mmseg's auxiliary FCNHead, for fine-tuning with its loss; in training mode
+            the model then returns ``(logits, aux_logits)``.
+        aux_channels: width of the auxiliary head's conv.
+        aux_in_index: which neck level the auxiliary head reads (2, the stride-16 map, in these configs).
+    """
+    encoder = BEiT(**backbone)
+    dim = encoder.embed_dim
+    if len(encoder.out_indices) != 4:
+        raise ValueError(f"UPerNet needs 4 backbone out_indices, got {encoder.out_indices}")
+    return Segmentor(
+        encoder,
+        UPerHead([dim] * 4, channels, num_classes, pool_scales),
+        neck=Feature2Pyramid(dim, rescales),
+        auxiliary_head=FCNHead(dim, aux_channels, num_classes, in_index=aux_in_index) if auxiliary_head else None,
+    )
+
+
+def tiny_beit(arch: dict, *, depth: int, img_size: int | None) -> dict[str, Any]:
+    """``create_model`` overrides for a narrow version: width 32 (2 heads), 16 in the head, ``depth`` blocks.
+
+    The tapped blocks keep their relative depth (collapsing to the last ``len(taps)`` blocks when they
+    would coincide), as ``vitseg.tiny_overrides`` does for the plain ViT families. ``img_size`` sets the
+    (fixed) input size of the tiny model.
+    """
+    taps, full = arch["backbone"]["out_indices"], arch["backbone"]["depth"]
+    out = [min(i * depth // full, depth - 1) for i in taps]
+    if len(set(out)) != len(out):
+        out = list(range(depth - len(out), depth))
+    backbone: dict[str, Any] = dict(embed_dim=32, depth=depth, num_heads=2, out_indices=tuple(out))
+    if img_size is not None:
+        backbone["img_size"] = img_size
+    return dict(backbone=backbone, channels=16, aux_channels=16)
+
+
+# Head tensors whose dimension 0 counts the classes (dropped when num_classes changes).
+CLASS_SIZED = {"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0,
+               "auxiliary_head.conv_seg.weight": 0, "auxiliary_head.conv_seg.bias": 0}
+
+# mmseg -> vitseg renames beyond the shared ViT table (vitseg/convert/mmseg.py), which already maps
+# cls_token / pos_embed, patch_embed.projection, layers.N.ln1/ln2 and ffn.layers.{0.0,1} and passes
+# neck / decode_head / auxiliary_head through unchanged.
+_LAYER = r"^backbone\.layers\.(\d+)\."
+# fmt: off
+MMSEG_RULES: list[tuple[str, str]] = [
+    (_LAYER + r"gamma_(1|2)$",                                         r"backbone.blocks.\1.gamma_\2"),
+    (_LAYER + r"attn\.(q_bias|v_bias|relative_position_bias_table)$",  r"backbone.blocks.\1.attn.\2"),
+    (_LAYER + r"attn\.(qkv|proj)\.(weight|bias)$",                     r"backbone.blocks.\1.attn.\2.\3"),
+    (r"^backbone\.norm1\.(weight|bias)$",                              r"backbone.norm.\1"),  # final_norm
+]
+# fmt: on
+# A persistent buffer in mmseg; timm rebuilds it from the window size (non-persistent).
+MMSEG_IGNORED: list[str] = [_LAYER + r"attn\.relative_position_index$"]
+
+
+def describe(name: str) -> tuple[str, str]:
+    """(head, backbone) in words for the zoo table, e.g. ``("UPerNet", "BEiT-B/16")``."""
+    _, family, size = name.split("_")[:3]  # upernet_beit_b16_ade20k
+    side = size[0].upper()
+    return "UPerNet", f"BEiT-{side}/16" if family == "beit" else f"ViT-{side}/16 (MAE)"
+
+
+def _arch(size: dict, *, img_size: int, out_indices: tuple[int, ...], init_values: float,
+          drop_path_rate: float, channels: int) -> dict:
+    backbone = dict(size, img_size=img_size, out_indices=out_indices, init_values=init_values, norm_eps=1e-6,
+                    drop_path_rate=drop_path_rate)
+    return dict(backbone=backbone, channels=channels, num_classes=150)
+
+
+_FIXED = ("Fixed input grid: mmseg adds the relative position tables{} at the {s}x{s} training size only, "
+          "so the model runs on {s}x{s} windows (slide {s}/{t}) and refuses other sizes.")
+
+register_model(ZooEntry(
+    name="upernet_beit_b16_ade20k",
+    build=_build_beit,
+    arch=_arch(BEIT_B16, img_size=640, out_indices=(3, 5, 7, 11), init_values=0.1, drop_path_rate=0.1,
+               channels=768),
+    preprocess=ADE20K_SLIDE_640_426,
+    weights=(Weights(
+        url=f"{_MMSEG}/beit/upernet_beit-base_8x2_640x640_160k_ade20k/"
+            "upernet_beit-base_8x2_640x640_160k_ade20k-eead221d.pth",
+        metrics={"mIoU": 53.08, "mIoU_ms_flip": 53.84},
+        source=_CFG.format("beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py")),),
+    num_params=161_599_446,
+    source=_CFG.format("beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py"),
+    notes=_FIXED.format("", s=640, t=426),
+))
+
+register_model(ZooEntry(
+    name="upernet_beit_l16_ade20k",
+    build=_build_beit,
+    arch=_arch(BEIT_L16, img_size=640, out_indices=(7, 11, 15, 23), init_values=1e-6, drop_path_rate=0.2,
+               channels=1024),
+    preprocess=ADE20K_SLIDE_640_426,
+    weights=(Weights(
+        url=f"{_MMSEG}/beit/upernet_beit-large_fp16_8x1_640x640_160k_ade20k/"
+            "upernet_beit-large_fp16_8x1_640x640_160k_ade20k-8fc0dd5d.pth",
+        metrics={"mIoU": 56.33, "mIoU_ms_flip": 56.84},
+        source=_CFG.format("beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py")),),
+    num_params=438_872_726,
+    source=_CFG.format("beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py"),
+    notes=_FIXED.format("", s=640, t=426),
+))
+
+register_model(ZooEntry(
+    name="upernet_mae_b16_ade20k",
+    build=_build_beit,
+    arch=_arch(MAE_B16, img_size=512, out_indices=(3, 5, 7, 11), init_values=1.0, drop_path_rate=0.1,
+               channels=768),
+    preprocess=ADE20K_SLIDE_512_341,
+    weights=(Weights(
+        url=f"{_MMSEG}/mae/upernet_mae-base_fp16_8x2_512x512_160k_ade20k/"
+            "upernet_mae-base_fp16_8x2_512x512_160k_ade20k_20220426_174752-f92a2975.pth",
+        metrics={"mIoU": 48.13, "mIoU_ms_flip": 48.70},
+        source=_CFG.format("mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")),),
+    num_params=162_068_694,
+    source=_CFG.format("mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"),
+    notes=_FIXED.format(" and the absolute position table", s=512, t=341),
+))
