@@ -385,17 +385,27 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
 
     The position table is resized to the backbone's grid (bicubic, no antialias); the classifier is
     dropped; a final norm in the file is ignored when the backbone has none (mmseg's non-strict load).
-    Everything else must match exactly. Returns ``model``.
+    Everything else must match exactly. Returns ``model``. BEiT / MAE backbones take timm files only
+    (see :func:`vitseg.models.beit.load_timm_weights`: relative tables resized as mmseg does).
 
     Args:
-        model: a vitseg segmentor (its ``backbone`` is loaded) or a bare ``VisionTransformer``.
+        model: a vitseg segmentor (its ``backbone`` is loaded) or a bare ``VisionTransformer`` / ``BEiT``.
         path_or_url: a local file or an ``http(s)://`` / ``file://`` URL, fetched once into
             ``<home>/pretrained`` (a ``-<8 hex>.`` suffix in its name is checked as a SHA-256 prefix).
         format: ``"timm"`` for timm/DeiT ``.pth``/``.safetensors`` files, ``"jax"`` for Google ``.npz``.
     """
     from .convert import convert_jax, convert_timm
+    from .models.beit import BEiT
     from .models.vit import VisionTransformer
     backbone = getattr(model, "backbone", model)
+    if isinstance(backbone, BEiT):
+        from .models.beit import load_timm_weights
+        if format != "timm":
+            raise ValueError("BEiT and MAE ImageNet weights exist in timm/unilm format only (no JAX .npz); "
+                             "use format='timm'.")
+        load_timm_weights(backbone, _timm_state_dict(_local_file(path_or_url)),
+                          what=f"timm backbone checkpoint {os.fspath(path_or_url)}")
+        return model
     if not isinstance(backbone, VisionTransformer):
         raise TypeError(f"Expected a vitseg model with a ViT backbone, got {type(backbone).__name__}.")
     if format not in ("timm", "jax"):

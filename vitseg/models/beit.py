@@ -42,7 +42,7 @@ from .vit import _linspace
 
 __all__ = [
     "BEiT", "Feature2Pyramid", "BEIT_B16", "BEIT_L16", "MAE_B16", "ADE20K_SLIDE_640_426",
-    "ADE20K_SLIDE_512_341", "tiny_beit", "describe", "MMSEG_RULES", "MMSEG_IGNORED", "CLASS_SIZED",
+    "ADE20K_SLIDE_512_341", "load_timm_weights", "tiny_beit", "describe", "MMSEG_RULES", "MMSEG_IGNORED", "CLASS_SIZED",
 ]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
@@ -195,6 +195,33 @@ class BEiT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, out_indices={self.out_indices}"
+
+
+def load_timm_weights(backbone: BEiT, state_dict: dict[str, torch.Tensor], *, what: str = "timm checkpoint") -> None:
+    """Initialize a :class:`BEiT` backbone from a timm ImageNet state dict, as mmseg's ``init_weights``.
+
+    BEiT (e.g. ``beit_base_patch16_224.in22k_ft_in22k``): :func:`vitseg.convert.beit.convert_timm_beit`,
+    relative tables resized to the backbone's window with mmseg's geometric-sequence interpolation.
+    MAE (a plain timm ViT, e.g. ``vit_base_patch16_224.mae``): the ViT rules of
+    :func:`vitseg.convert.convert_timm`, the absolute table resized bicubically (mmseg's
+    ``MAE.resize_abs_pos_embed``); the layer scales and relative tables, which MAE pre-training does not
+    have, keep their initial values (``init_values`` and zeros), as after mmseg's non-strict load.
+    A final norm in the file is ignored when the backbone has none. JAX ``.npz`` files hold no BEiT.
+    """
+    from .._checkpoint import load_strict
+    from ..convert import convert_timm
+    from ..convert.beit import convert_timm_beit
+
+    allow: list[str] = []
+    if backbone.pos_embed is None:
+        sd = convert_timm_beit(state_dict, window_size=backbone.grid_size)
+    else:
+        sd = convert_timm(state_dict, img_size=backbone.img_size)
+        allow = [k for k in backbone.state_dict() if k.endswith(("gamma_1", "gamma_2", "relative_position_bias_table"))
+                 and k not in sd]
+    if isinstance(backbone.norm, nn.Identity):
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+    load_strict(backbone, sd, allow_missing=allow, what=what)
 
 
 class Feature2Pyramid(nn.Module):

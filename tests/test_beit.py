@@ -1,0 +1,145 @@
+"""BEiT / MAE specifics: the fixed token grid, mmseg's relative-table resize, timm ImageNet weights, counts."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+from timm.models.beit import Beit
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+import vitseg
+from conftest import FIXTURES
+from vitseg._hub import load_pretrained_backbone
+from vitseg.convert.beit import convert_timm_beit, resize_rel_pos_bias_table
+from vitseg.models.beit import BEiT, Feature2Pyramid
+
+BEIT_FAMILY = ["upernet_beit_b16_ade20k", "upernet_beit_l16_ade20k", "upernet_mae_b16_ade20k"]
+# mmseg 1.2.2, the config built in its venv, parameters without auxiliary_head.
+NUM_PARAMS = {"upernet_beit_b16_ade20k": 161_599_446, "upernet_beit_l16_ade20k": 438_872_726,
+              "upernet_mae_b16_ade20k": 162_068_694}
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(0.5 * torch.randn(t.shape, generator=g))
+
+
+@pytest.mark.parametrize("name", BEIT_FAMILY)
+def test_num_params_match_mmseg(name: str) -> None:
+    entry = vitseg.get_entry(name)
+    with torch.device("meta"):
+        model = vitseg.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == entry.num_params == NUM_PARAMS[name]
+
+
+def test_entries_follow_their_configs() -> None:
+    b, l, mae = (vitseg.get_entry(n) for n in BEIT_FAMILY)
+    assert b.preprocess.crop_size == (640, 640) and b.preprocess.stride == (426, 426)
+    assert b.preprocess.resize == (2560, 640) and b.preprocess.mean == (123.675, 116.28, 103.53)
+    assert mae.preprocess.crop_size == (512, 512) and mae.preprocess.stride == (341, 341)
+    assert l.arch["backbone"]["out_indices"] == (7, 11, 15, 23) and l.arch["channels"] == 1024
+    with torch.device("meta"):
+        model = vitseg.create_model("upernet_mae_b16_ade20k", auxiliary_head=True)
+    attn = model.backbone.blocks[0].attn
+    assert attn.qkv.bias is not None and attn.q_bias is None  # MAE: full qkv bias
+    assert model.backbone.pos_embed.shape == (1, 1 + 32 * 32, 768)
+    assert attn.relative_position_bias_table.shape == (63 * 63 + 3, 12)
+    assert model.auxiliary_head.in_index == 2
+
+
+def test_fixed_grid_floors_and_refuses() -> None:
+    backbone = BEiT(img_size=(32, 48), embed_dim=32, depth=2, num_heads=2, out_indices=(0, 1)).eval()
+    x = torch.randn(1, 3, 32 + 15, 48 + 9)
+    with torch.no_grad():
+        # mmseg's unpadded patch conv: the extra rows and columns never reach a token
+        a, b = backbone(x), backbone(x[:, :, :32, :48].clone())
+    assert a[0].shape == (1, 32, 2, 3) and torch.equal(a[1], b[1])
+    for size in [(48, 48), (31, 48), (16, 96)]:  # (16, 96): same token count, other grid
+        with pytest.raises(ValueError, match=r"takes inputs of 32x48 pixels"):
+            backbone(torch.randn(1, 3, *size))
+
+
+def test_feature2pyramid_levels() -> None:
+    x = [torch.randn(1, 8, 3, 5) for _ in range(4)]
+    outs = Feature2Pyramid(8, (4, 2, 1, 0.5)).eval()(x)
+    assert [o.shape[-2:] for o in outs] == [(12, 20), (6, 10), (3, 5), (1, 2)]
+    outs = Feature2Pyramid(8, (2, 1, 0.5, 0.25)).eval()([torch.randn(1, 8, 9, 13) for _ in range(4)])
+    assert [o.shape[-2:] for o in outs] == [(18, 26), (9, 13), (4, 6), (2, 3)]
+    with pytest.raises(ValueError, match="rescales"):
+        Feature2Pyramid(8, (4, 2, 1, 0.25))
+
+
+@pytest.mark.parametrize("case,window", [("w3_to_w5", 5), ("w14_to_w40", 40)])
+def test_rel_pos_resize_matches_mmseg(case: str, window: int) -> None:
+    """mmseg's ``BEiT.resize_rel_pos_embed`` (geometric-sequence nodes, cubic interp2d) on random tables."""
+    io = torch.load(os.path.join(FIXTURES, "beit_rel_pos_resize.pt"), weights_only=True)
+    out = resize_rel_pos_bias_table(io[f"{case}.input"], window)
+    ref = io[f"{case}.output"]
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert torch.equal(out[-3:], io[f"{case}.input"][-3:])  # cls rows kept
+
+
+def test_rel_pos_resize_refuses_non_square_window() -> None:
+    with pytest.raises(ValueError, match="square"):
+        resize_rel_pos_bias_table(torch.randn(28, 2), (5, 7))
+
+
+def _timm_beit(img_size: int) -> Beit:
+    model = Beit(img_size=img_size, patch_size=16, embed_dim=32, depth=4, num_heads=2, use_abs_pos_emb=False,
+                 use_rel_pos_bias=True, init_values=0.1, num_classes=10).eval()
+    _randomize(model, 0)
+    return model
+
+
+def test_timm_beit_weights_give_timm_block_outputs(tmp_path) -> None:
+    timm_model = _timm_beit(48)
+    path = tmp_path / "beit.pth"
+    torch.save(timm_model.state_dict(), path)
+    model = vitseg.create_model("upernet_beit_b16_ade20k", backbone=dict(embed_dim=32, depth=4, num_heads=2,
+                                                                         img_size=48, out_indices=(0, 1, 2, 3)))
+    load_pretrained_backbone(model, path, format="timm")
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ref = timm_model.forward_intermediates(x, indices=[0, 1, 3], intermediates_only=True)
+        ours = model.backbone.forward_intermediates(x, indices=[0, 1, 3])
+    for a, b in zip(ours, ref):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    with pytest.raises(ValueError, match="no JAX"):
+        load_pretrained_backbone(model, path, format="jax")
+
+
+def test_timm_beit_224_layout_resized_to_640(tmp_path) -> None:
+    """Every key of timm's beit_base_patch16_224 maps; 14x14 tables become 40x40 the mmseg way."""
+    with torch.device("meta"):
+        keys = list(timm.create_model("beit_base_patch16_224").state_dict())
+    sd = {k: torch.randn(1) for k in keys if not k.endswith("relative_position_bias_table")}
+    sd.update({k: torch.randn(27 * 27 + 3, 12) for k in keys if k.endswith("relative_position_bias_table")})
+    out = convert_timm_beit(sd, window_size=(40, 40))
+    with torch.device("meta"):
+        backbone = vitseg.create_model("upernet_beit_b16_ade20k").backbone
+    assert set(out) == set(backbone.state_dict())  # the classifier and fc_norm are dropped
+    key = "blocks.3.attn.relative_position_bias_table"
+    assert torch.equal(out[key], resize_rel_pos_bias_table(sd[key], 40)) and out[key].shape == (79 * 79 + 3, 12)
+    with pytest.raises(ValueError, match="shares one relative position table"):
+        convert_timm_beit({"rel_pos_bias.relative_position_bias_table": torch.randn(28, 2)})
+
+
+def test_timm_mae_weights(tmp_path) -> None:
+    """MAE starts from a plain timm ViT: blocks load, the table is resized, gammas and rel tables keep init."""
+    timm_model = TimmViT(img_size=32, patch_size=16, embed_dim=32, depth=4, num_heads=2, num_classes=0).eval()
+    _randomize(timm_model, 1)
+    path = tmp_path / "mae.pth"
+    torch.save(timm_model.state_dict(), path)
+    model = vitseg.create_model("upernet_mae_b16_ade20k", backbone=dict(embed_dim=32, depth=4, num_heads=2,
+                                                                        img_size=48, out_indices=(0, 1, 2, 3)))
+    load_pretrained_backbone(model, path)
+    block = model.backbone.blocks[1]
+    assert torch.equal(block.attn.qkv.bias, timm_model.blocks[1].attn.qkv.bias)
+    assert model.backbone.pos_embed.shape == (1, 10, 32)
+    assert torch.equal(block.gamma_1, torch.ones(32)) and not block.attn.relative_position_bias_table.any()
