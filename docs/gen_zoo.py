@@ -32,6 +32,9 @@ def _vitseg():
 
 def _describe(name: str) -> tuple[str, str]:
     """(head, backbone) in words, from the name grammar of STYLE.md."""
+    if name.split("_")[1] in ("beit", "mae"):
+        from vitseg.models.beit import describe
+        return describe(name)
     head, family, size, ln, mln = _NAME.match(name).groups()
     backbone = f"{'DeiT' if family == 'deit' else 'ViT'}-{_SIZES[size]}/16"
     extras = [x for x, on in (("LN", ln), ("MLN", mln)) if on]
