@@ -1,6 +1,7 @@
 """BEiT / MAE specifics: the fixed token grid, mmseg's relative-table resize, timm ImageNet weights, counts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -143,3 +144,27 @@ def test_timm_mae_weights(tmp_path) -> None:
     assert torch.equal(block.attn.qkv.bias, timm_model.blocks[1].attn.qkv.bias)
     assert model.backbone.pos_embed.shape == (1, 10, 32)
     assert torch.equal(block.gamma_1, torch.ones(32)) and not block.attn.relative_position_bias_table.any()
+
+
+def test_tta_min_size_follows_mmseg_0x() -> None:
+    """0.x ``Resize(keep_ratio=True, min_size=640)`` at the (2560, 640) ms scales of a 480x640 (h, w) image."""
+    from vitseg.eval.pipeline import min_size_scale, rescale_size, tta_scales
+    sizes = [rescale_size((640, 480), min_size_scale(s, 640, 480, 640)) for s in tta_scales((2560, 640))]
+    assert sizes == [(853, 640), (853, 640), (853, 640), (1067, 800), (1280, 960), (1493, 1120)]
+    # a 1:5 panorama: the long-side bound (2560) no longer applies, the short side always reaches 640
+    assert rescale_size((500, 100), min_size_scale((2560, 640), 640, 100, 500)) == (3200, 640)
+
+
+def test_tta_runs_a_fixed_grid_model_with_min_size() -> None:
+    import numpy as np
+
+    from vitseg.eval.predict import label_map
+    model = vitseg.create_model("upernet_beit_b16_ade20k", num_classes=5, backbone=dict(
+        embed_dim=32, depth=4, num_heads=2, img_size=32, out_indices=(0, 1, 2, 3)), channels=16)
+    pre = vitseg.Preprocess(mean=(120.0,) * 3, std=(60.0,) * 3, resize=(128, 32), mode="slide", crop_size=(32, 32),
+                            stride=(21, 21), tta_min_size=32)
+    img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    labels = label_map(model, img, pre, tta=True, backend="pillow")
+    assert labels.shape == (40, 60)
+    with pytest.raises(ValueError, match="takes inputs of 32x32"):  # the 0.5 pass would be 16 pixels high
+        label_map(model, img, dataclasses.replace(pre, tta_min_size=None), tta=True, backend="pillow")

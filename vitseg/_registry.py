@@ -42,6 +42,8 @@ class Preprocess:
         mode: ``"whole"`` (one pass over the resized image) or ``"slide"`` (overlapping crops).
         crop_size: ``(h, w)`` of a sliding window (slide mode only).
         stride: ``(h, w)`` step between windows (slide mode only).
+        tta_min_size: mmseg 0.x ``Resize(min_size=...)`` in the ms+flip pipeline: no multi-scale pass gets
+            a short side below it (fixed-grid models such as BEiT; see ``vitseg.eval.pipeline``).
     """
 
     mean: tuple[float, float, float]
@@ -50,6 +52,7 @@ class Preprocess:
     mode: Literal["whole", "slide"] = "whole"
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
+    tta_min_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
