@@ -56,8 +56,9 @@ MAE_B16 = dict(embed_dim=768, depth=12, num_heads=12, qkv_bias="qkv", abs_pos_em
 # configs/_base_/models/upernet_{beit,mae}.py data_preprocessor: ImageNet mean/std (not the 127.5 of
 # Segmenter); test pipelines from configs/_base_/datasets/ade20k_640x640.py and ade20k.py; slide
 # windows of the training crop with a stride of two thirds of it (the configs' test_cfg). The published
-# ms+flip numbers come from mmseg 0.x configs (``upernet_beit-base_640x640_160k_ade20k_ms.py`` and the
-# MAE one) whose multi-scale Resize has ``min_size`` = the crop: scales below 1.0 run at the 1.0 size.
+# ms+flip numbers come from mmseg 0.x ``*_ms.py`` configs whose multi-scale Resize has ``min_size`` = the
+# crop (BEiT's ``min_size=640``; MAE's 1.x port carries the same "min_size not ported" note), so scales
+# below 1.0 run at the 1.0 size.
 ADE20K_SLIDE_640_426 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2560, 640), mode="slide",
                                   crop_size=(640, 640), stride=(426, 426), tta_min_size=640)
 ADE20K_SLIDE_512_341 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
