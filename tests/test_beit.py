@@ -168,3 +168,16 @@ def test_tta_runs_a_fixed_grid_model_with_min_size() -> None:
     assert labels.shape == (40, 60)
     with pytest.raises(ValueError, match="takes inputs of 32x32"):  # the 0.5 pass would be 16 pixels high
         label_map(model, img, dataclasses.replace(pre, tta_min_size=None), tta=True, backend="pillow")
+
+
+@pytest.mark.parametrize("name", ["upernet_beit_b16", "upernet_mae_b16"])
+def test_mmseg_checkpoint_keys_all_accounted_for(name: str) -> None:
+    """Every key of the mmseg state dict maps (index buffers ignored), the auxiliary head included."""
+    from conftest import load_manifest
+    fx = load_manifest()[name]
+    model = vitseg.create_model(fx["model"], checkpoint_path=os.path.join(FIXTURES, fx["checkpoint"]),
+                                auxiliary_head=True, aux_channels=8, **fx["overrides"])
+    x = torch.load(os.path.join(FIXTURES, fx["io"]), weights_only=True)[f"{fx['cases'][0]['name']}.input"]
+    with torch.no_grad():
+        aux = model.auxiliary_head(model.extract_feat(x))  # reads the stride-16 neck level (in_index 2)
+    assert aux.shape[-2:] == tuple(s // 16 for s in model.backbone.img_size)
