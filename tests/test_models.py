@@ -19,13 +19,27 @@ def tiny_model(name: str) -> torch.nn.Module:
     return vitseg.create_model(name, **tiny_overrides(name))
 
 
+def input_size(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """``size``, or the one input size of a fixed-grid backbone (BEiT, MAE: ``dynamic_img_size=False``),
+    grown by the same amounts below a patch so that the input still needs mmseg's floor to whole patches."""
+    backbone = model.backbone
+    if getattr(backbone, "dynamic_img_size", True):
+        return size
+    p = backbone.patch_size
+    return tuple(g * p + s % p for g, s in zip(backbone.grid_size, size))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shape_odd_input(name: str) -> None:
     model = tiny_model(name)
     x = torch.randn(2, 3, 61, 83)
+    if (61, 83) != input_size(model, (61, 83)):  # a fixed-grid model refuses it with the size it takes
+        with pytest.raises(ValueError, match="takes inputs of"):
+            model(x)
+        x = torch.randn(2, 3, *input_size(model, (61, 83)))
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (2, 5, 61, 83)
+    assert out.shape == (2, 5, *x.shape[-2:])
     assert torch.isfinite(out).all()
 
 
@@ -33,7 +47,7 @@ def test_output_shape_odd_input(name: str) -> None:
 def test_gradients_reach_every_parameter(name: str) -> None:
     # Frozen parameters (SETR-MLA's unused cls token) are left out; tests/test_setr.py checks that one.
     model = tiny_model(name).train()
-    out = model(torch.randn(2, 3, 48, 64))
+    out = model(torch.randn(2, 3, *input_size(model, (48, 64))))
     logits = out[0] if isinstance(out, tuple) else out
     (logits.square().mean() + (out[1].square().mean() if isinstance(out, tuple) else 0)).backward()
     no_grad = [n for n, p in model.named_parameters()
@@ -50,7 +64,7 @@ def test_state_dict_and_safetensors_round_trip(name: str, tmp_path) -> None:
     sd, sd2 = model.state_dict(), other.state_dict()
     assert sd.keys() == sd2.keys() == load_file(str(path)).keys()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
-    x = torch.randn(1, 3, 48, 48)
+    x = torch.randn(1, 3, *input_size(model, (48, 48)))
     with torch.no_grad():
         assert torch.equal(model(x), other(x))
 
@@ -61,7 +75,7 @@ def test_torch_compile_captures_one_graph(name: str) -> None:
     whose size needs padding and a resized position table; the ``eager`` backend keeps it fast on CPU."""
     torch._dynamo.reset()
     model = tiny_model(name).eval()
-    x = torch.randn(1, 3, 45, 75)
+    x = torch.randn(1, 3, *input_size(model, (45, 75)))
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.inference_mode():
         assert torch.equal(compiled(x), model(x))

@@ -126,6 +126,84 @@ FIXTURES.update({
         small_bn_var=True),
 })
 
+# BEiT / MAE (configs/beit, configs/mae): the tables are added at the training token grid only, so every
+# case is a training-size input or one that floors to it (mmseg's patch conv has no padding), and slide
+# windows are training-size crops. BEiT-B uses a non-square window (2x4 tokens: the relative index must
+# not mix up rows and columns), BEiT-L a square one; patch embeddings and the tables added before the
+# first LayerNorm are shrunk (``rescale``) so that its eps (1e-6, not 1e-5) shows in the logits.
+def _beit_tiny(img: tuple[int, int]) -> dict:
+    return dict(backbone=dict(embed_dims=16, num_layers=4, num_heads=2, img_size=img, out_indices=(0, 1, 2, 3)),
+                neck=dict(embed_dim=16),
+                decode_head=dict(in_channels=[16] * 4, channels=8, num_classes=5),
+                auxiliary_head=dict(in_channels=16, channels=8, num_classes=5))
+
+
+def _beit_vitseg(img: tuple[int, int]) -> dict:
+    return dict(backbone=dict(embed_dim=16, depth=4, num_heads=2, img_size=list(img), out_indices=(0, 1, 2, 3)),
+                channels=8, num_classes=5)
+
+
+_BEIT_RESCALE = {"backbone.patch_embed.": 0.01, "backbone.cls_token": 0.01, "backbone.pos_embed": 0.01}
+FIXTURES.update({
+    "upernet_beit_b16": dict(
+        config="beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py", tiny=_beit_tiny((32, 64)),
+        model="upernet_beit_b16_ade20k", vitseg=_beit_vitseg((32, 64)), rescale=_BEIT_RESCALE, small_bn_var=True,
+        cases=[dict(name="train_size", shape=(2, 32, 64), mode="whole"),
+               dict(name="odd", shape=(1, 45, 70), mode="whole")]),
+    "upernet_beit_l16": dict(
+        config="beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py", tiny=_beit_tiny((48, 48)),
+        model="upernet_beit_l16_ade20k", vitseg=_beit_vitseg((48, 48)), rescale=_BEIT_RESCALE, small_bn_var=True,
+        cases=[dict(name="square", shape=(1, 48, 48), mode="whole"),
+               dict(name="slide", shape=(1, 60, 100), mode="slide", crop=(48, 48), stride=(32, 32))]),
+    "upernet_mae_b16": dict(
+        config="mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py", tiny=_beit_tiny((48, 48)),
+        model="upernet_mae_b16_ade20k", vitseg=_beit_vitseg((48, 48)), rescale=_BEIT_RESCALE, small_bn_var=True,
+        cases=[dict(name="odd", shape=(1, 49, 58), mode="whole"),
+               dict(name="slide", shape=(1, 52, 80), mode="slide", crop=(48, 48), stride=(32, 32))]),
+})
+
+
+def install_interp2d() -> None:
+    """Give SciPy >= 1.14 (which removed ``interp2d``) the regular-grid cubic case mmseg's BEiT init calls.
+
+    ``RectBivariateSpline(y, x, z, s=0)`` runs the same FITPACK routine (``regrid_smth``) as interp2d did
+    on a rectangular grid, and evaluates with the same clamping (``bispev``), so mmseg's own
+    ``resize_rel_pos_embed`` runs unchanged on top of it.
+    """
+    import scipy.interpolate as si
+
+    try:
+        si.interp2d([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0], [[0.0] * 4] * 4, kind="cubic")
+        return
+    except NotImplementedError:
+        pass
+
+    class Interp2dCubic:
+        def __init__(self, x, y, z, kind="cubic"):
+            assert kind == "cubic"
+            self.spline = si.RectBivariateSpline(y, x, z, kx=3, ky=3, s=0)
+
+        def __call__(self, x, y):
+            return self.spline(y, x)
+
+    si.interp2d = Interp2dCubic
+
+
+def make_rel_pos_resize(out_dir: str) -> None:
+    """mmseg's ``BEiT.resize_rel_pos_embed`` on random tables: 3 -> 5 (tiny) and 14 -> 40 (224 -> 640) windows."""
+    install_interp2d()
+    g = torch.Generator().manual_seed(7)
+    io = {}
+    for name, src, img in [("w3_to_w5", 3, 80), ("w14_to_w40", 14, 640)]:
+        model = MODELS.build(dict(type="BEiT", img_size=img, embed_dims=16, num_layers=1, num_heads=2))
+        table = torch.randn((2 * src - 1) ** 2 + 3, 2, generator=g)
+        key = "layers.0.attn.relative_position_bias_table"
+        out = model.resize_rel_pos_embed({key: table.clone()})[key]
+        io[f"{name}.input"], io[f"{name}.output"] = table, out.contiguous()
+        print(f"  rel-pos {name}: {tuple(table.shape)} -> {tuple(out.shape)}")
+    torch.save(io, os.path.join(out_dir, "beit_rel_pos_resize.pt"))
+
+
 # Full-size checks (``--full DIR``): every zoo config at its real width, random weights.
 _FULL_CASES = [dict(name="s512", shape=(1, 512, 512), mode="whole"),
                dict(name="s512x683", shape=(1, 512, 683), mode="whole")]
@@ -150,6 +228,18 @@ FULL.update({
         ("deit_s16_ln_mln", "vit_deit-s16-ln_mln", "160k"), ("vit_b16_mln", "vit_vit-b16_mln", "80k"),
         ("vit_b16_ln_mln", "vit_vit-b16-ln_mln", "160k"), ("deit_b16", "vit_deit-b16", "80k"),
         ("deit_b16_mln", "vit_deit-b16_mln", "160k"), ("deit_b16_ln_mln", "vit_deit-b16-ln_mln", "160k")]
+})
+FULL.update({
+    "upernet_beit_b16": dict(config=FIXTURES["upernet_beit_b16"]["config"], model="upernet_beit_b16_ade20k",
+                             cases=[dict(name="s640", shape=(1, 640, 640), mode="whole"),
+                                    dict(name="slide640x853", shape=(1, 640, 853), mode="slide", crop=(640, 640),
+                                         stride=(426, 426))]),
+    "upernet_beit_l16": dict(config=FIXTURES["upernet_beit_l16"]["config"], model="upernet_beit_l16_ade20k",
+                             cases=[dict(name="s640", shape=(1, 640, 640), mode="whole")]),
+    "upernet_mae_b16": dict(config=FIXTURES["upernet_mae_b16"]["config"], model="upernet_mae_b16_ade20k",
+                            cases=[dict(name="s512", shape=(1, 512, 512), mode="whole"),
+                                   dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512),
+                                        stride=(341, 341))]),
 })
 _SEGMENTER_FULL_CASES = _FULL_CASES + [
     dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512), stride=(480, 480))]
@@ -223,7 +313,8 @@ def build_mmseg(config: str, tiny: dict | None) -> torch.nn.Module:
     model_cfg.pop("data_preprocessor", None)
     model_cfg["pretrained"] = None
     model_cfg["backbone"]["init_cfg"] = None
-    model_cfg["backbone"]["patch_bias"] = True  # mmseg 1.2.x drops it; released checkpoints have it
+    if model_cfg["backbone"]["type"] == "VisionTransformer":  # BEiT / MAE keep their patch bias
+        model_cfg["backbone"]["patch_bias"] = True  # mmseg 1.2.x drops it; released checkpoints have it
     if tiny:
         _merge(model_cfg, tiny)
     model = MODELS.build(model_cfg)
@@ -303,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest_path = os.path.join(out_dir, "manifest.json")
     manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
     table = FULL if args.full else FIXTURES
+    if not args.full and (not args.only or "beit_rel_pos_resize" in args.only):
+        make_rel_pos_resize(out_dir)
     for name, spec in sorted(table.items()):
         if args.only and name not in args.only:
             continue

@@ -105,7 +105,8 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
     is dropped by the converter. Everything else must match exactly. Returns ``model``.
 
     Args:
-        model: a vitseg segmentor (its ``backbone`` is loaded) or a bare backbone.
+        model: a vitseg model made by :func:`create_model` (its ``backbone`` is loaded; its family's key
+            renames apply) or a bare ViT backbone.
         path_or_url: a local file or an ``http(s)://`` / ``file://`` URL, fetched once into
             ``<home>/pretrained`` (a ``-<8 hex>.`` suffix in its name is checked as a SHA-256 prefix).
         format: a backbone format of :data:`vitseg.convert.FORMATS` (``"timm"`` for timm/DeiT
@@ -117,7 +118,9 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
         raise TypeError(f"Expected a vitseg model or backbone, got {type(backbone).__name__}.")
     path = fetch_file(path_or_url)
     what = f"backbone checkpoint {os.fspath(path_or_url)}"
-    sd, fmt = to_vitseg(read_checkpoint(path), format=format, what=f"The {what}")
+    entry = getattr(model, "entry", None)  # its family may rename keys its backbone adds (BEiT's)
+    sd, fmt = to_vitseg(read_checkpoint(path), format=format, family=entry.family if entry else None,
+                        what=f"The {what}")
     if fmt.scope != "backbone":
         raise ValueError(f"The {what} is {fmt.description}, not ImageNet backbone weights; load it with "
                          "create_model(..., checkpoint_path=...) instead.")

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
-Rule = tuple[str, str]  # (regex, replacement) applied to one state-dict key
+Rule = tuple[str, "str | None"]  # (regex, replacement) for one state-dict key; None drops the key
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from typing import Literal, Mapping
 __all__ = [
     "Preprocess", "FolderLayout", "DatasetInfo", "register_dataset", "dataset_info", "list_datasets",
     "display_name", "default_palette", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_WHOLE_512",
-    "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "ADE20K_SLIDE_512_S341", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+    "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "ADE20K_SLIDE_512_S341",
+    "ADE20K_SLIDE_640_S426_MIN640", "ADE20K_SLIDE_512_S341_MIN512", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
 ]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -40,6 +41,8 @@ class Preprocess:
         mode: ``"whole"`` (one pass over the resized image) or ``"slide"`` (overlapping crops).
         crop_size: ``(h, w)`` of a sliding window (slide mode only).
         stride: ``(h, w)`` step between windows (slide mode only).
+        tta_min_size: mmseg 0.x ``Resize(min_size=...)`` in the ms+flip pipeline: no multi-scale pass gets
+            a short side below it (fixed-grid models such as BEiT; see ``vitseg.eval.pipeline``).
     """
 
     mean: tuple[float, float, float]
@@ -48,6 +51,7 @@ class Preprocess:
     mode: Literal["whole", "slide"] = "whole"
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
+    tta_min_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -65,6 +69,13 @@ ADE20K_SLIDE_640 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(2560, 640), 
 # SETR: ImageNet mean/std, 512 windows every 341 pixels.
 ADE20K_SLIDE_512_S341 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
                                    crop_size=(512, 512), stride=(341, 341))
+# BEiT and MAE: windows of the training crop every two thirds of it; their published ms+flip numbers come
+# from mmseg 0.x ``*_ms.py`` configs whose multi-scale Resize has ``min_size`` = the crop, so scales below
+# 1.0 run at the 1.0 size.
+ADE20K_SLIDE_640_S426_MIN640 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2560, 640), mode="slide",
+                                          crop_size=(640, 640), stride=(426, 426), tta_min_size=640)
+ADE20K_SLIDE_512_S341_MIN512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
+                                          crop_size=(512, 512), stride=(341, 341), tta_min_size=512)
 
 
 @dataclass(frozen=True)
@@ -241,7 +252,8 @@ register_dataset(DatasetInfo(
                         seg_map_suffix=".png", subdir="ADEChallengeData2016",
                         splits=("training", "validation"), default_split="validation"),
     presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640,
-             "slide_512_s341": ADE20K_SLIDE_512_S341},
+             "slide_512_s341": ADE20K_SLIDE_512_S341, "slide_640_s426_min640": ADE20K_SLIDE_640_S426_MIN640,
+             "slide_512_s341_min512": ADE20K_SLIDE_512_S341_MIN512},
     description="ADE20K SceneParsing, 150 classes: the folder extracted from ADEChallengeData2016.zip",
 ))
 

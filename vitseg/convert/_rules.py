@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, TypeVar
+from typing import Iterable, Mapping, Optional, TypeVar
 
 __all__ = ["rename_keys", "strip_prefix"]
 
@@ -16,9 +16,11 @@ def strip_prefix(state_dict: Mapping[str, T], prefix: str = "module.") -> dict[s
     return dict(state_dict)
 
 
-def rename_keys(state_dict: Mapping[str, T], rules: Iterable[tuple[str, str]], ignored: Iterable[str] = (),
+def rename_keys(state_dict: Mapping[str, T], rules: Iterable[tuple[str, Optional[str]]], ignored: Iterable[str] = (),
                 source: str = "checkpoint") -> dict[str, T]:
     """Rename every key with the first matching rule; drop keys matching ``ignored`` patterns.
+
+    A rule whose replacement is ``None`` drops the keys it matches (state the model rebuilds itself).
 
     A key that matches no rule and is not ignored raises ``ValueError`` naming it, so a file of the
     wrong family or format cannot load half-converted.
@@ -32,7 +34,8 @@ def rename_keys(state_dict: Mapping[str, T], rules: Iterable[tuple[str, str]], i
             continue
         for pattern, repl in compiled:
             if pattern.search(key):
-                out[pattern.sub(repl, key, count=1)] = value
+                if repl is not None:
+                    out[pattern.sub(repl, key, count=1)] = value
                 break
         else:
             unknown.append(key)

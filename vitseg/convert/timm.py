@@ -37,7 +37,11 @@ IGNORED: list[str] = [r"^head\.", r"^pre_logits\.", r"^fc_norm\."]
 _UNSUPPORTED = {
     "dist_token": "a distilled DeiT checkpoint (dist_token); mmseg's DeiT configs use the non-distilled "
                   "weights, e.g. deit_small_patch16_224-cd65a155.pth",
-    "reg_token": "a ViT with register tokens (reg_token); the mmseg ViT has only a cls token",
+    "reg_token": "a ViT with register tokens (reg_token); the mmseg ViT has only a cls token: use a checkpoint "
+                 "with a single cls token",
+    "rel_pos_bias.relative_position_bias_table": "a BEiT pre-training checkpoint, whose blocks share one "
+        "relative position table (rel_pos_bias.*); mmseg's BEiT loads per-block tables, as in the fine-tuned "
+        "weights (e.g. beit_base_patch16_224.in22k_ft_in22k)",
 }
 
 
@@ -73,7 +77,7 @@ def convert_timm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]]
     sd = strip_prefix(state_dict)
     for key, why in _UNSUPPORTED.items():
         if key in sd:
-            raise ValueError(f"Cannot convert {why}. Use a checkpoint with a single cls token.")
+            raise ValueError(f"Cannot convert {why}.")
     out = rename_keys(sd, [*rules, *TIMM_RULES], IGNORED, source="timm ViT checkpoint")
     if img_size is not None and "pos_embed" in out:
         patch = out["patch_embed.proj.weight"].shape[-1]

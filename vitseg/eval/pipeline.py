@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..data import Preprocess
 
 __all__ = [
-    "Backend", "rescale_size", "tta_scales", "load_image", "resize_uint8", "normalize", "prepare_image",
+    "Backend", "rescale_size", "tta_scales", "min_size_scale", "load_image", "resize_uint8", "normalize", "prepare_image",
     "rescale_uint8", "resolve_backend", "TTA_RATIOS",
 ]
 
@@ -70,6 +70,19 @@ def rescale_size(size: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
 def tta_scales(resize: tuple[int, int], ratios: Sequence[float] = TTA_RATIOS) -> list[tuple[int, int]]:
     """0.x ms+flip scales: ``(int(long * r), int(short * r))`` for each ratio (mmcv ``MultiScaleFlipAug``)."""
     return [(int(resize[0] * r), int(resize[1] * r)) for r in ratios]
+
+
+def min_size_scale(scale: tuple[int, int], min_size: int, height: int, width: int) -> tuple[float, float]:
+    """mmseg 0.x ``Resize(keep_ratio=True, min_size=...)``: the scale that gives the image a short side of
+    ``max(min(scale), min_size)`` whatever its long side (the ``(long, short)`` bound is dropped).
+
+    BEiT's and MAE's 0.x ms+flip configs use it (min_size 640 / 512; their 1.x ``_ms`` configs say it is
+    not ported), so the 0.5 and 0.75 passes run at the 1.0 size: the models take no smaller window.
+    """
+    short = max(min(scale), min_size)
+    if height > width:
+        return short * height / width, short
+    return short, short * width / height
 
 
 def _to_rgb3(arr: np.ndarray, what: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .inference import slide_inference, whole_inference
-from .pipeline import Backend, TTA_RATIOS, load_image, normalize, rescale_uint8, tta_scales
+from .pipeline import Backend, TTA_RATIOS, load_image, min_size_scale, normalize, rescale_uint8, tta_scales
 from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ def _tta_passes(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, ba
                 ratios: tuple[float, ...]) -> Iterator[tuple[torch.Tensor, bool]]:
     """(logits at the scale's size, flipped) for each 0.x ms+flip pass, unflipped then flipped."""
     for scale in tta_scales(tuple(preprocess.resize), ratios):
+        if preprocess.tta_min_size is not None:
+            scale = min_size_scale(scale, preprocess.tta_min_size, *img.shape[:2])
         x = normalize(rescale_uint8(img, scale, backend=backend), preprocess.mean, preprocess.std, device)
         for flip in (False, True):
             logits = model_logits(model, x.flip(-1) if flip else x, preprocess, batch_size=batch_size, dtype=dtype)

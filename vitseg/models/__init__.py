@@ -1,4 +1,5 @@
 """Model families; importing this package registers every zoo entry (one import line per family)."""
+from . import beit  # noqa: F401  (registers entries)
 from . import dpt  # noqa: F401  (registers entries)
 from . import segmenter  # noqa: F401  (registers entries)
 from . import setr  # noqa: F401  (registers entries)
