@@ -27,7 +27,11 @@ FAMILIES: list[tuple[str, list[str]]] = [
     ("Segmenter-linear", ["segmenter_linear_vit_s16_ade20k"]),
     ("Segmenter-mask", ["segmenter_mask_vit_t16_ade20k", "segmenter_mask_vit_s16_ade20k",
                         "segmenter_mask_vit_b16_ade20k"]),
+    ("SETR", ["setr_naive_vit_l16_ade20k", "setr_pup_vit_l16_ade20k", "setr_mla_vit_l16_ade20k"]),
+    ("UPerNet BEiT / MAE", ["upernet_beit_b16_ade20k", "upernet_mae_b16_ade20k"]),
 ]
+# Fixed-grid backbones take their training size only (BEiT: 640).
+SIZES = {"upernet_beit_b16_ade20k": 640, "upernet_beit_l16_ade20k": 640}
 
 
 def render(results: list[dict], threads: int, reps: int, warmup: int, skipped: list[str]) -> str:
@@ -53,7 +57,7 @@ def render(results: list[dict], threads: int, reps: int, warmup: int, skipped: l
         r = results[0]
         table += (f"\n\nTimes are medians of {reps} repetitions after {warmup} warm-up, vitseg and mmseg "
                   f"alternating; ratios are vitseg time / mmseg time. {threads} threads, {r['device_name']}, fp32, "
-                  f"batch 1, 512x512, random weights; torch {r['versions']['torch']} / timm "
+                  f"batch 1, 512x512 (BEiT: 640x640), random weights; torch {r['versions']['torch']} / timm "
                   f"{r['versions']['timm']} (vitseg) vs "
                   + ", ".join(f"{k} {v}" for k, v in r["mmseg_versions"].items()) + " (mmseg).")
     if skipped:
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 out = os.path.join(tmp, "r.json")
                 cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--model", name, "--device", "cpu",
-                       "--protocol", "forward", "--size", str(args.size), "--images", "1",
+                       "--protocol", "forward", "--size", str(SIZES.get(name, args.size)), "--images", "1",
                        "--threads", str(args.threads), "--reps", str(args.reps), "--warmup", str(args.warmup),
                        "--against-mmseg", "--json", out, *args.extra.split()]
                 print("$ python", os.path.relpath(cmd[1]), *cmd[2:], flush=True)

@@ -59,6 +59,12 @@ MMSEG_CONFIGS: dict[str, str] = {
     "segmenter_mask_vit_s16_ade20k": "segmenter/segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py",
     "segmenter_mask_vit_b16_ade20k": "segmenter/segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py",
     "segmenter_mask_vit_l16_ade20k": "segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py",
+    "setr_naive_vit_l16_ade20k": "setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py",
+    "setr_pup_vit_l16_ade20k": "setr/setr_vit-l_pup_8xb2-160k_ade20k-512x512.py",
+    "setr_mla_vit_l16_ade20k": "setr/setr_vit-l-mla_8xb1-160k_ade20k-512x512.py",
+    "upernet_beit_b16_ade20k": "beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py",
+    "upernet_beit_l16_ade20k": "beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py",
+    "upernet_mae_b16_ade20k": "mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py",
 }
 
 # The "Inf time (fps)" column of mmseg's configs/{vit,dpt,segmenter}/README.md (V100, each config's

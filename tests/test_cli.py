@@ -71,9 +71,21 @@ def test_convert_mmseg_requires_model(tmp_path, capsys) -> None:
     assert "needs --model" in capsys.readouterr().err
 
 
-def test_eval_runs_the_protocol_with_workers(tiny_entry, ade_root, tmp_path, capsys) -> None:  # noqa: F811
+@pytest.fixture
+def tiny_ade_entry():
+    """The tiny Segmenter with ADE20K's 150 classes."""
+    entry = vitseg.get_entry("segmenter_mask_vit_t16_ade20k")
+    arch = merge_arch(entry.arch, {**T16["overrides"], "num_classes": 150})
+    tiny = dataclasses.replace(entry, name="segmenter_mask_vit_t16_cliade", arch=arch)
+    vitseg.register_model(tiny)
+    yield tiny.name
+    unregister_model(tiny.name)
+
+
+def test_eval_runs_the_protocol_with_workers(tiny_ade_entry, ade_root, tmp_path, capsys) -> None:  # noqa: F811
     from safetensors.torch import save_file
 
+    tiny_entry = tiny_ade_entry
     ckpt = tmp_path / "tiny.safetensors"
     model = vitseg.create_model(tiny_entry)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
@@ -148,3 +160,66 @@ def test_eval_folder_dataset_equals_a_hand_computed_metric(tiny_entry, tmp_path,
     assert main(["eval", "--model", tiny_entry, "--checkpoint", str(ckpt), "--dataset", "no_such",
                  "--data", str(tmp_path / "data")]) == 2
     assert "Unknown dataset 'no_such'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["bench", "--model", "segmenter_mask_vit_t16_ade20k", "--reps", "0"], "--reps: must be at least 1"),
+    (["bench", "--model", "segmenter_mask_vit_t16_ade20k", "--images", "0"], "--images: must be at least 1"),
+    (["bench", "--model", "segmenter_mask_vit_t16_ade20k", "--batch", "zero"], "--batch: expected an integer"),
+    (["eval", "--model", "x", "--data", "d", "--max-images", "-1"], "--max-images: must be at least 1"),
+    (["convert", "timm", "a", "b", "--img-size", "0"], "--img-size: must be at least 1"),
+    (["predict", "a.jpg", "--model", "x", "--workers", "-2"], "--workers: must be at least 0"),
+])
+def test_numeric_options_are_checked_when_parsed(argv, match, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_user_mistakes_end_in_one_line_not_a_traceback(tiny_ade_entry, ade_root, tmp_path) -> None:  # noqa: F811
+    import torch
+
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    img = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "astronaut.jpg")
+    cases = [
+        (["predict", img, "--model", "segmenter_mask_vit_t16_ade20k", "--checkpoint", str(text)], "a text file"),
+        (["convert", "jax", str(empty), str(tmp_path / "o.safetensors")], "empty file"),
+        (["predict", img, "--model", "segmenter_mask_vit_t16_ade20k", "--random-weights", "--device", "bogus"],
+         "is not a device"),
+        (["eval", "--model", "segmenter_mask_vit_t16_ade20k", "--random-weights", "--data", str(ade_root),
+          "--out", str(tmp_path / "missing" / "r.json")], "does not exist"),
+        (["convert", "nonsense", str(text), str(tmp_path / "o.safetensors")], "Unknown checkpoint format"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["predict", img, "--model", "segmenter_mask_vit_t16_ade20k", "--random-weights",
+                       "--device", "cuda"], "no usable CUDA device"))
+    for argv, match in cases:
+        r = subprocess.run([sys.executable, "-m", "vitseg", *argv], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (argv, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr and match in r.stderr, (argv, r.stderr[-1500:])
+        assert r.stderr.startswith(f"vitseg {argv[0]}: error: "), r.stderr
+
+
+def test_eval_reports_an_unreadable_image_cleanly(tiny_ade_entry, ade_root, tmp_path) -> None:  # noqa: F811
+    from safetensors.torch import save_file
+
+    bad = next((ade_root / "ADEChallengeData2016" / "images" / "validation").glob("*.jpg"))
+    bad.write_bytes(b"not a jpeg at all")
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in vitseg.create_model(tiny_ade_entry).state_dict().items()}, str(ckpt))
+    code = ("import sys, vitseg, dataclasses\nfrom vitseg._factory import merge_arch\nfrom vitseg.cli import main\n"
+            "e = vitseg.get_entry('segmenter_mask_vit_t16_ade20k')\n"
+            f"vitseg.register_model(dataclasses.replace(e, name='{tiny_ade_entry}', arch={vitseg.get_entry(tiny_ade_entry).arch!r}))\n"
+            f"sys.exit(main(['eval', '--model', '{tiny_ade_entry}', '--checkpoint', {str(ckpt)!r}, '--data', "
+            f"{str(ade_root)!r}, '--workers', '2', '--device', 'cpu']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "cannot be read" in r.stderr and bad.name in r.stderr
+
+
+def test_eval_refuses_a_model_of_another_class_count(tiny_entry, ade_root, capsys) -> None:  # noqa: F811
+    assert main(["eval", "--model", tiny_entry, "--random-weights", "--data", str(ade_root), "--device", "cpu"]) == 2
+    assert "predicts 7 classes but the dataset has 150" in capsys.readouterr().err

@@ -20,7 +20,8 @@ _API = {
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
     "save_pretrained": "._pretrained", "push_to_hub": "._pretrained",
-    "evaluate": ".eval.evaluate", "predict": ".eval.predict",
+    "evaluate": ".eval.evaluate", "predict": ".eval.predict", "get_transform": ".eval.predict",
+    "predict_files": ".eval.bulk",
     "benchmark": ".timing",
 }
 _SUBMODULES = ("convert", "data", "eval", "metrics", "models", "timing", "viz")
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     from .data import DatasetInfo, Preprocess, list_datasets, register_dataset
     from .eval.evaluate import evaluate
     from .eval.inference import slide_inference, whole_inference
-    from .eval.predict import predict
+    from .eval.bulk import predict_files
+    from .eval.predict import get_transform, predict
     from .models.segmentor import Segmentor
 
 

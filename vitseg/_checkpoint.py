@@ -77,8 +77,9 @@ def _sniff(path: str) -> str:
 
 def _read_torch(path: str) -> Any:
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # a file object, not the name: torch would pick a loader by the extension
+        with torch.serialization.safe_globals(_numpy_safe_globals()), open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(

@@ -8,25 +8,70 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch.nn as nn
 
 from . import models  # noqa: F401  (importing the families registers the zoo)
 from ._checkpoint import load_backbone, load_file_into, load_into, read_checkpoint, read_state_dict, to_vitseg
 from ._hub import fetch_file, fetch_hf_folder, fetch_weights
-from ._pretrained import WEIGHTS_NAME, read_config
+from ._pretrained import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
+from .data import default_palette
 
-__all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch"]
+__all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch", "set_identity"]
+
+# timm's keyword names for the backbone's regularization, accepted at the top level as timm does
+_BACKBONE_KWARGS = ("drop_path_rate", "drop_rate", "attn_drop_rate")
 
 
 def merge_arch(arch: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``arch`` with ``overrides`` applied: dict-valued kwargs (the backbone) key by key, others replaced."""
+    """``arch`` with ``overrides`` applied: dict-valued kwargs (the backbone) key by key, others replaced.
+
+    timm-style ``drop_path_rate`` / ``drop_rate`` / ``attn_drop_rate`` given at the top level go to the
+    backbone, unless the builder itself takes them.
+    """
     out = dict(arch)
     for k, v in overrides.items():
-        out[k] = {**out[k], **v} if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+        if k in _BACKBONE_KWARGS and k not in arch and isinstance(arch.get("backbone"), dict):
+            out["backbone"] = {**out["backbone"], k: v}
+        else:
+            out[k] = {**out[k], **v} if isinstance(out.get(k), dict) and isinstance(v, dict) else v
     return out
+
+
+def _check_palette(palette: Sequence[Sequence[int]], n: int) -> tuple[tuple[int, int, int], ...]:
+    colours = [tuple(int(c) for c in rgb) for rgb in palette]
+    if len(colours) != n or any(len(c) != 3 or not all(0 <= x <= 255 for x in c) for c in colours):
+        raise ValueError(f"palette must hold {n} RGB triples of 0-255 values (one per class), got "
+                         f"{len(colours)} entries: {list(palette)[:3]}…")
+    return tuple(colours)
+
+
+def set_identity(model: nn.Module, *, class_names: Sequence[str] | None = None,
+                 palette: Sequence[Sequence[int]] | None = None, dataset: str | None = None) -> None:
+    """Record what the model's outputs mean: class names, colours and the dataset they come from.
+
+    Unset parts default to the entry's dataset when the class count matches it, else to numbered classes,
+    distinct colours and dataset ``"custom"``.
+    """
+    entry, n = model.entry, model.num_classes
+    fits_entry = n == len(entry.class_names)
+    if class_names is not None:
+        class_names = tuple(str(c) for c in class_names)
+        if len(class_names) != n:
+            raise ValueError(f"class_names has {len(class_names)} names but the model predicts {n} classes.")
+    elif fits_entry:
+        class_names = entry.class_names
+    else:
+        class_names = tuple(str(i) for i in range(n))
+    same_as_entry = fits_entry and class_names == entry.class_names
+    if palette is not None:
+        palette = _check_palette(palette, n)
+    else:
+        palette = entry.palette if same_as_entry else default_palette(n)
+    model.class_names, model.palette = class_names, palette
+    model.dataset = dataset or (entry.dataset if same_as_entry else "custom")
 
 
 def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
@@ -42,7 +87,8 @@ def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any]) -> nn.Module:
+def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any], identity: dict[str, Any]
+                 ) -> nn.Module:
     """Build and load a ``save_pretrained`` folder: ``local-dir:/path`` or ``hf-hub:org/repo[@revision]``."""
     scheme, _, rest = name.partition(":")
     folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
@@ -55,32 +101,55 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes, what=f"weights in {folder}")
     saved = config.get("weights") or {}
     model.weights = next((w for w in entry.weights if w.url == saved.get("url") and w.tag == tag), None)
+    saved_identity = read_identity(config)
+    if model.num_classes == len(saved_identity.get("class_names") or ()):
+        identity = {**saved_identity, **{k: v for k, v in identity.items() if v is not None}}
+    set_identity(model, **identity)
     return model
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
-                 num_classes: int | None = None, *, format: str | None = None, **overrides: Any) -> nn.Module:
+                 num_classes: int | None = None, *, format: str | None = None,
+                 pretrained_backbone: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+                 palette: Sequence[Sequence[int]] | None = None, **overrides: Any) -> nn.Module:
     """Build a zoo model, optionally with weights; returned in eval mode.
 
     Args:
         name: a registry name, optionally with a checkpoint tag (``"upernet_deit_s16_ade20k.160k"``),
             or ``"hf-hub:org/repo"`` / ``"local-dir:/path"`` for folders written by ``save_pretrained``.
         pretrained: download (or take from the cache) the entry's released weights.
-        checkpoint_path: a checkpoint file to load instead: a vitseg state dict (``.safetensors`` or
-            ``torch.save``), an original mmseg ``.pth``, or ImageNet backbone weights (timm, JAX ``.npz``),
-            told apart by their contents (see ``format``).
+        checkpoint_path: weights to load instead: a vitseg state dict (``.safetensors`` or ``torch.save``,
+            bare or wrapped as ``{"state_dict": …}`` / ``{"model": …}``), an original mmseg ``.pth``, a
+            ``save_pretrained`` folder, or ImageNet backbone weights (timm, JAX ``.npz``), told apart by their
+            contents (see ``format``).
         num_classes: output classes; when it differs from the weights', the classifier is re-initialized.
         format: the format of ``checkpoint_path`` (a name of :data:`vitseg.convert.FORMATS`), when it should
             not be recognised from the file.
-        **overrides: architecture kwargs replacing the entry's (dicts such as ``backbone`` are merged).
+        pretrained_backbone: ImageNet weights for the backbone only (a file or URL; timm, JAX ``.npz`` or the
+            output of ``vitseg convert timm|jax``), loaded as mmseg's ``init_weights`` does, to fine-tune from.
+        class_names: names of the output classes (default: the dataset's when the class count matches,
+            else numbered); kept by ``save_pretrained`` and shown in overlays.
+        palette: RGB colour per class (default: the dataset's, else distinct colours).
+        **overrides: architecture kwargs replacing the entry's (dicts such as ``backbone`` are merged;
+            timm-style ``drop_path_rate`` / ``drop_rate`` / ``attn_drop_rate`` go to the backbone).
     """
+    identity = dict(class_names=class_names, palette=palette)
     if isinstance(name, str) and name.startswith(("hf-hub:", "local-dir:")):
-        return _from_folder(name, num_classes=num_classes, overrides=overrides).eval()
+        if pretrained or checkpoint_path is not None or format is not None:
+            raise ValueError(f"{name} carries its own weights: drop pretrained / checkpoint_path / format (or "
+                             "create the model by its zoo name to load other weights).")
+        model = _from_folder(name, num_classes=num_classes, overrides=overrides, identity=identity)
+        if pretrained_backbone is not None:
+            load_pretrained_backbone(model, pretrained_backbone)
+        return model.eval()
     entry, tag = resolve_name(name)
     if pretrained and checkpoint_path is not None:
         raise ValueError("Pass either pretrained=True or checkpoint_path=…, not both.")
     if format is not None and checkpoint_path is None:
         raise ValueError("format= describes checkpoint_path; pass a checkpoint_path too.")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     weights = entry.get_weights(tag) if pretrained else None  # raises for architecture-only entries
 
     arch = merge_arch(entry.arch, overrides)
@@ -88,11 +157,22 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
         arch["num_classes"] = num_classes
     model = build_from_entry(entry, arch)
 
-    if checkpoint_path is not None:
+    if checkpoint_path is not None and os.path.isdir(checkpoint_path):
+        folder = Path(checkpoint_path)
+        read_config(folder)  # a save_pretrained folder: its weights (the model is the one named here)
+        load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
+                  what=f"weights in {folder}")
+        saved = read_identity(read_config(folder))
+        if model.num_classes == len(saved.get("class_names") or ()):
+            identity = {**saved, **{k: v for k, v in identity.items() if v is not None}}
+    elif checkpoint_path is not None:
         load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
     elif weights is not None:
         load_into(model, fetch_weights(entry, weights), num_classes=num_classes, what=f"weights of '{name}'")
         model.weights = weights
+    if pretrained_backbone is not None:
+        load_pretrained_backbone(model, pretrained_backbone)
+    set_identity(model, **identity)
     return model.eval()
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ._io import atomic_write, save_safetensors, write_json
 from ._version import __version__
 
-__all__ = ["save_pretrained", "push_to_hub", "read_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["save_pretrained", "push_to_hub", "read_config", "read_identity", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,12 +29,16 @@ def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
     pre = config["preprocess"]
     lines = [
         "---", "library_name: vitseg", "license: other", "pipeline_tag: image-segmentation",
-        "tags:", "- vitseg", "- semantic-segmentation", "- vision-transformer", f"- {entry.dataset}", "---", "",
+        "tags:", "- vitseg", "- semantic-segmentation", "- vision-transformer", f"- {config['dataset']}", "---", "",
         f"# {config['model']}", "",
         f"Semantic segmentation model from the vitseg zoo ({entry.source or 'vitseg'}), "
-        f"{config['num_classes']} classes ({entry.dataset}).", "",
+        f"{config['num_classes']} classes ({config['dataset']}).", "",
     ]
-    if weights is not None:
+    names = config.get("class_names") or []
+    if names:
+        shown = ", ".join(n.strip() for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+        lines += [f"Classes: {shown}.", ""]
+    if weights is not None and config["num_classes"] == entry.arch.get("num_classes"):  # the released head
         lines += [
             f"Weights converted from the original checkpoint <{weights.url}>"
             + (f" (SHA-256 `{weights.sha256}`)." if weights.sha256 else "."), "",
@@ -44,7 +48,8 @@ def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
             *[f"| {k} | {v} |" for k, v in weights.metrics.items()], "",
         ]
     else:
-        lines += ["These weights are not a released zoo checkpoint; no results are reported for them.", ""]
+        lines += ["These weights are not a released zoo checkpoint as it stands (fine-tuned or trained "
+                  "elsewhere); no results are reported for them.", ""]
     lines += [
         "## Use", "", "```python", "import vitseg", "",
         "model = vitseg.create_model('hf-hub:<org>/<repo>')  # or 'local-dir:/path/to/this/folder'",
@@ -70,17 +75,24 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
     Args:
         model: a model made by :func:`vitseg.create_model` (it carries ``entry`` and ``arch``).
         save_directory: created if missing; existing files of the same names are replaced.
-        class_names: names of the output classes (default: the entry dataset's, when the count matches).
+        class_names: names of the output classes (default: the model's ``class_names``, which
+            ``create_model`` sets: the dataset's, or those it was given).
     """
     entry, arch = getattr(model, "entry", None), getattr(model, "arch", None)
     if entry is None or arch is None:
         raise ValueError("save_pretrained needs a model built by vitseg.create_model (it records model.entry "
                          "and model.arch); build it that way and load your weights into it.")
     num_classes = model.num_classes
-    if class_names is None and num_classes == len(entry.class_names):
-        class_names = list(entry.class_names)
-    if class_names is not None and len(class_names) != num_classes:
+    dataset = getattr(model, "dataset", entry.dataset)
+    if class_names is None:
+        class_names = list(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
+    else:
+        class_names = [str(c) for c in class_names]
+        if class_names != list(getattr(model, "class_names", [])):
+            dataset = "custom"
+    if len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} classes.")
+    palette = [list(c) for c in getattr(model, "palette", ())] or None
     weights = getattr(model, "weights", None)
     config = {
         "library": "vitseg",
@@ -89,8 +101,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
         "arch": arch,
         "num_classes": num_classes,
         "preprocess": dataclasses.asdict(entry.preprocess),
-        "dataset": entry.dataset,
+        "dataset": dataset,
         "class_names": class_names,
+        "palette": palette if palette is not None and len(palette) == num_classes else None,
         "weights": None if weights is None else {
             "url": weights.url, "sha256": weights.sha256, "tag": weights.tag, "metrics": weights.metrics,
             "source": weights.source},
@@ -119,6 +132,13 @@ def read_config(folder: str | os.PathLike, *, name: str | None = None) -> dict[s
         library = config.get("library") if isinstance(config, dict) else None
         raise ValueError(f"{path} is not a vitseg config (library={library!r}).")
     return config
+
+
+def read_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The class names, palette and dataset a saved config records (``None`` where it records none)."""
+    names, palette = config.get("class_names"), config.get("palette")
+    return dict(class_names=list(names) if names else None, palette=palette or None,
+                dataset=config.get("dataset") or None)
 
 
 def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, token: str | None = None,

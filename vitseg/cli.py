@@ -13,11 +13,67 @@ import sys
 __all__ = ["main"]
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (checked when the arguments are parsed)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+
+
+def _device(text: str | None):
+    """``--device`` checked before any work: a valid torch device that this machine has."""
+    import torch
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text} asks for CUDA, but this machine has no usable CUDA device "
+                             "(torch.cuda.is_available() is False). Use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {text}: vitseg runs on cpu or cuda (got {device.type}).")
+    return device
+
+
+def _writable_file(path: str | None, option: str) -> None:
+    """Fail before the work starts if ``path`` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name.")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist; create it first.")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option} {path}: the folder {folder} is not writable.")
+
+
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="zoo name, optionally with a tag (name.tag)")
+    p.add_argument("--model", required=required,
+                   help="zoo name (optionally name.tag), or local-dir:PATH / hf-hub:ORG/REPO (a saved model)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--pretrained", action="store_true", help="use the entry's released weights")
-    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file (vitseg, mmseg, ...; told by content)")
+    src.add_argument("--pretrained", action="store_true",
+                     help="the entry's released weights (the default when it has some; downloaded and cached)")
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="weights to use instead: a checkpoint file or save_pretrained folder (format told by content)")
+    src.add_argument("--random-weights", action="store_true",
+                     help="no weights at all (to try the pipeline); the output means nothing")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,14 +94,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst", help="output .safetensors")
     p.add_argument("--model", help="whole-model formats: the zoo model the checkpoint is for (checked by a strict load)")
-    p.add_argument("--img-size", type=int, help="backbone formats: resize the position table for this input size")
+    p.add_argument("--img-size", type=POSITIVE, help="backbone formats: resize the position table for this input size")
 
-    p = sub.add_parser("predict", help="segment images; writes label and overlay PNGs")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", help="segment images or folders; writes label and overlay PNGs")
+    p.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
     _model_args(p)
-    p.add_argument("--out", default="vitseg-out", help="output folder (default: vitseg-out)")
+    p.add_argument("--out", default="vitseg-out",
+                   help="output folder; the input tree is mirrored in it (default: vitseg-out)")
+    p.add_argument("--no-overlay", action="store_true", help="write the label maps only")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1… (default: cuda if available)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip")
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="sliding windows per forward pass")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers that decode and resize")
 
     p = sub.add_parser("eval", help="mIoU on a dataset with the source's protocol")
     _model_args(p)
@@ -60,21 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="multi-scale + flip (the ms+flip column)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=1, help="sliding windows per forward pass")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="sliding windows per forward pass")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=min(4, os.cpu_count() or 1),
                    help="DataLoader workers that decode and resize ahead of the model (default: up to 4)")
-    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--max-images", type=POSITIVE, default=None, help="evaluate the first N images only")
     p.add_argument("--out", default=None, help="write the results JSON here")
 
     p = sub.add_parser("bench", help="images/s, peak memory and FLOPs of a model (random weights)")
     p.add_argument("--model", required=True, help="zoo name")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
-    p.add_argument("--images", type=int, default=4, help="generated ADE20K-like images (default 4)")
-    p.add_argument("--short-side", type=int, default=None, help="their short side (default: the entry's)")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions; the median is reported")
-    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    p.add_argument("--batch", type=POSITIVE, default=1, help="images per forward (default 1)")
+    p.add_argument("--images", type=POSITIVE, default=4, help="generated ADE20K-like images (default 4)")
+    p.add_argument("--short-side", type=POSITIVE, default=None, help="their short side (default: the entry's)")
+    p.add_argument("--reps", type=POSITIVE, default=5, help="timed repetitions; the median is reported")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=1, help="untimed repetitions first")
     p.add_argument("--tiny", action="store_true", help="a shrunken model (for a quick look)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--json", metavar="OUT", help="also write the results here")
@@ -86,13 +148,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _create(args: argparse.Namespace):
+    """The model with real weights: the released ones by default, --checkpoint, or (said loudly) none."""
     from ._factory import create_model
+    from ._registry import resolve_name
+    if args.model.startswith(("local-dir:", "hf-hub:")):
+        if args.checkpoint or args.random_weights:
+            raise ValueError(f"{args.model} carries its own weights: drop --checkpoint / --random-weights.")
+        return create_model(args.model)
+    if args.random_weights:
+        print(f"vitseg {args.command}: warning: --random-weights: {args.model} runs with random weights, so "
+              "its output means nothing.", file=sys.stderr)
+        return create_model(args.model)
+    if args.checkpoint:
+        return create_model(args.model, checkpoint_path=args.checkpoint)
+    entry, _ = resolve_name(args.model)
+    if not entry.weights:
+        raise ValueError(f"'{entry.name}' has no released weights. {entry.notes} Pass --checkpoint FILE with "
+                         "yours (or --random-weights to try the pipeline).".replace("  ", " "))
     try:
-        return create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+        return create_model(args.model, pretrained=True)
     except OSError as e:  # download failed: name the command-line way to use a local file
-        if not args.pretrained:
-            raise
-        raise type(e)(f"{e} On the command line: --checkpoint FILE instead of --pretrained.") from None
+        raise type(e)(f"{e} On the command line: --checkpoint FILE to use a file you have.") from None
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -126,6 +202,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from ._io import save_safetensors
     from .convert import get_format, resize_pos_embed
     fmt = get_format(args.format)
+    if os.path.isdir(args.dst):
+        raise ValueError(f"{args.dst} is a folder; give the output .safetensors file name.")
     if fmt.scope == "model":
         if not args.model:
             raise ValueError(f"convert {fmt.name} needs --model NAME (the zoo entry the checkpoint belongs to)")
@@ -142,25 +220,41 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst} ({len(sd)} tensors)")
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _summary(labels_png: str, class_names: tuple[str, ...]) -> str:
+    """The largest classes of a written label map, for the console."""
     import numpy as np
-    import torch
     from PIL import Image
+    labels = np.asarray(Image.open(labels_png))
+    ids, counts = np.unique(labels, return_counts=True)
+    top = sorted(zip(counts, ids), reverse=True)[:4]
+    return ", ".join(f"{class_names[i].strip() if i < len(class_names) else i} {100 * c / labels.size:.0f}%"
+                     for c, i in top)
 
-    from .eval.predict import predict
-    from .viz import colorize, overlay
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _create(args).to(device)
-    entry = model.entry
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import torch
+
+    from .eval.bulk import find_images, predict_files
+    find_images(args.images)  # a missing input fails before the model is loaded
+    device = None if args.device is None and "LOCAL_RANK" in os.environ else _device(args.device)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"--out {args.out} is a file; give a folder for the label maps.")
     os.makedirs(args.out, exist_ok=True)
-    for path in args.images:
-        image = Image.open(path).convert("RGB")
-        labels = np.asarray(predict(model, image, dtype=torch.bfloat16 if args.bf16 else None).cpu())
-        stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(labels.astype(np.uint8)).save(os.path.join(args.out, f"{stem}_labels.png"))
-        colorize(labels, entry.palette).save(os.path.join(args.out, f"{stem}_color.png"))
-        overlay(image, labels, entry.palette, entry.class_names).save(os.path.join(args.out, f"{stem}_overlay.png"))
-        print(f"{path}: wrote {args.out}/{stem}_labels.png, {stem}_overlay.png")
+    model = _create(args)
+    r = predict_files(model, args.images, args.out, overlay=not args.no_overlay, overwrite=args.overwrite,
+                      num_workers=args.workers, batch_size=args.batch_size, device=device,
+                      dtype=torch.bfloat16 if args.bf16 else None, tta=args.tta)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if r["images"] <= 20:
+        for path, stem in find_images(args.images):
+            labels = os.path.join(args.out, f"{stem}_labels.png")
+            if os.path.isfile(labels):
+                print(f"{path}: {_summary(labels, model.class_names)} -> {labels}")
+    note = " (random weights)" if args.random_weights else ""
+    print(f"{r['written']} written, {r['skipped']} already done, {len(r['failed'])} failed, in {args.out}{note}")
+    for path, why in list(r["failed"].items())[:20]:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
 
 
 def _open_dataset(args: argparse.Namespace, num_classes: int):
@@ -183,9 +277,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
     from .eval.evaluate import evaluate
+    device = _device(args.device)
+    _writable_file(args.out, "--out")
     model = _create(args)
     dataset = _open_dataset(args, model.num_classes)
-    results = evaluate(model, dataset, device=args.device, dtype=torch.bfloat16 if args.bf16 else None,
+    results = evaluate(model, dataset, device=device, dtype=torch.bfloat16 if args.bf16 else None,
                        batch_size=args.batch_size, tta=args.tta, num_workers=args.workers,
                        max_images=args.max_images, out_file=args.out)
     summary = {k: v for k, v in results.items() if k in ("aAcc", "mIoU", "mAcc")}
@@ -196,10 +292,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .timing import DTYPES, benchmark, image_sizes
     from ._factory import create_model
     from ._registry import get_entry, tiny_overrides
+    device = _device(args.device)
+    _writable_file(args.json, "--json")
     overrides = tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
     model = create_model(args.model, **overrides)
     short = args.short_side or get_entry(args.model).preprocess.resize[1]
-    r = benchmark(model, sizes=image_sizes(args.images, short=short), batch=args.batch, device=args.device,
+    r = benchmark(model, sizes=image_sizes(args.images, short=short), batch=args.batch, device=device,
                   dtype=DTYPES[args.dtype], reps=args.reps, warmup=args.warmup, flops=not args.no_flops)
     mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] is not None else "n/a"
     flops = f", {r['flops_per_image'] / 1e9:.4g} GFLOPs/img" if r["flops_per_image"] is not None else ""
@@ -227,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                "eval": _cmd_eval, "bench": _cmd_bench, "export-zoo": _cmd_export_zoo}[args.command]
     try:
         command(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:  # the user's input, not a bug
+    except (ValueError, TypeError, OSError, ImportError) as e:  # the user's input, not a bug
         if args.verbose:
             raise
         print(f"vitseg {args.command}: error: {e}", file=sys.stderr)

@@ -38,7 +38,10 @@ class _Prepared(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self.dataset[self.indices[i]])
+        try:
+            item = dict(self.dataset[self.indices[i]])
+        except (ValueError, TypeError, OSError) as e:  # reported by the main process, without a worker traceback
+            return dict(error=f"{type(e).__name__}: {e}", index=self.indices[i])
         item["label"] = torch.as_tensor(item["label"])
         if self.scale is not None:
             item["resized"] = torch.from_numpy(rescale_uint8(item["img"], self.scale, backend=self.backend))
@@ -158,10 +161,16 @@ def _pick_device(model: nn.Module, device: torch.device | None, owns_group: bool
 
 
 def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], int]:
-    """(num_classes, class names, ignore index) of the dataset (the model's class count if it has none)."""
-    num_classes = getattr(dataset, "num_classes", None) or getattr(model, "num_classes", None)
+    """(num_classes, class names, ignore index) of the dataset; refuses a model of another class count."""
+    model_classes = getattr(model, "num_classes", None)
+    num_classes = getattr(dataset, "num_classes", None) or model_classes
     if num_classes is None:
         raise ValueError("The dataset has no num_classes attribute; give it one (or use vitseg.eval.FolderDataset).")
+    if model_classes is not None and model_classes != num_classes:
+        raise ValueError(f"The model predicts {model_classes} classes but the dataset has {num_classes}, so its "
+                         "mIoU would mean nothing. Evaluate a model trained on this dataset's classes (e.g. "
+                         f"fine-tuned with create_model(..., num_classes={num_classes})), or give the dataset "
+                         "the model's class list.")
     classes = list(getattr(dataset, "classes", [str(i) for i in range(num_classes)]))
     return num_classes, classes, getattr(dataset, "ignore_index", 255)
 
@@ -177,6 +186,8 @@ def _run(model: nn.Module, loader: Any, metric: IoUMetric, preprocess: Any, *, d
         bar = tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True)
     try:
         for (item,) in loader:
+            if "error" in item:
+                raise ValueError(f"Image {item['index']} of the dataset cannot be read: {item['error']}")
             label = item["label"].to(device, non_blocking=True)
             pred = label_map(model, item.get("img"), preprocess, tta=tta, backend=backend, device=device,
                              batch_size=batch_size, dtype=dtype, max_bytes=max_bytes,

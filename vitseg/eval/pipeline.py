@@ -117,16 +117,43 @@ def _pil_to_rgb(img: Any, what: str) -> np.ndarray:
     return _to_rgb3(np.asarray(img), what)
 
 
+def _max_pixels() -> int | None:
+    """Pillow's decompression-bomb limit, or ``$VITSEG_MAX_IMAGE_PIXELS`` (a number, or ``none``) when set."""
+    from PIL import Image
+
+    value = os.environ.get("VITSEG_MAX_IMAGE_PIXELS")
+    if value is None:
+        return Image.MAX_IMAGE_PIXELS
+    if value.strip().lower() in ("none", "0", "unlimited"):
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"VITSEG_MAX_IMAGE_PIXELS={value!r} is not a number of pixels (or 'none' for no limit)"
+                         ) from None
+
+
 def load_image(image: str | os.PathLike | Any, *, backend: Backend = "auto") -> np.ndarray:
-    """Decode an image to an (H, W, 3) uint8 **RGB** array.
+    """Decode an image to an (H, W, 3) uint8 **RGB** array: the one decode path of predict, the CLI and evaluate.
+
+    EXIF orientation is applied; grey, palette, CMYK, RGBA (alpha dropped) and 16-bit images become 8-bit
+    RGB as OpenCV's ``IMREAD_COLOR`` makes them; an animated file gives its first frame. Images larger than
+    Pillow's decompression-bomb limit are refused unless ``VITSEG_MAX_IMAGE_PIXELS`` allows them.
 
     Args:
-        image: a path, a PIL image, or an (H, W[, C]) uint8 RGB numpy array (gray / RGBA accepted).
+        image: a path, a PIL image, an (H, W[, C]) uint8 RGB numpy array (gray / RGBA accepted) or a
+            (3, H, W) uint8 torch tensor.
         backend: ``"pillow"``, ``"opencv"`` or ``"auto"`` (see the module docstring). Only paths are decoded
             by the backend; PIL images get their EXIF orientation applied, arrays are taken as they are.
     """
     import numpy as np
 
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3, 4) or image.dtype != torch.uint8:
+            raise TypeError(f"An image tensor must be (C, H, W) uint8 with C in 1, 3, 4 (as torchvision reads "
+                            f"images), got {tuple(image.shape)} {image.dtype}. For a normalized float batch, call "
+                            "model(x) or vitseg.slide_inference directly.")
+        return _to_rgb3(image.permute(1, 2, 0).cpu().numpy(), "image tensor")
     if isinstance(image, np.ndarray):
         return _to_rgb3(image, "image array")
     if isinstance(image, (str, os.PathLike)):
@@ -143,15 +170,24 @@ def load_image(image: str | os.PathLike | Any, *, backend: Backend = "auto") -> 
             return np.ascontiguousarray(bgr[:, :, ::-1])
         from PIL import Image, UnidentifiedImageError
 
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _max_pixels()
         try:
             with Image.open(path) as img:
+                img.seek(0)  # an animated image: its first frame
                 img.load()
                 return _pil_to_rgb(img, path)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{path} is larger than the image size vitseg decodes by default ({e}). If you trust "
+                             "the file, allow it with the environment variable VITSEG_MAX_IMAGE_PIXELS=<pixels> "
+                             "(or =none for no limit).") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"Cannot decode image {path} with Pillow ({e}); is it a valid image file?") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image, without importing PIL first
         return _pil_to_rgb(image, "PIL image")
-    raise TypeError(f"Expected an image path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+    raise TypeError(f"Expected an image path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor, "
+                    f"got {type(image).__name__}")
 
 
 def _linear_coeffs(dst: int, src: int, clamp: bool) -> tuple[Any, Any, Any, Any]:

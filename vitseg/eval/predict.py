@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..data import Preprocess
 
-__all__ = ["predict", "label_map", "model_logits", "resolve_preprocess"]
+__all__ = ["predict", "label_map", "prob_map", "model_logits", "resolve_preprocess", "get_transform"]
 
 
 def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None) -> Preprocess:
@@ -147,17 +147,49 @@ def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, b
     yield from rest
 
 
+@torch.no_grad()
+def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: bool = False,
+             backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
+             dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+             tta_ratios: tuple[float, ...] = TTA_RATIOS) -> torch.Tensor:
+    """(K, H, W) float32 class probabilities of a decoded image at its original size, on ``device``.
+
+    The softmax over classes of the logits resized to (H, W), as ``label_map`` takes the argmax of (with
+    ``tta``: the average of the passes' probabilities). The output itself is K x H x W; temporaries beyond it
+    stay within ``max_bytes`` (the resize runs in bands of rows).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = img.shape[:2]
+    if tta:
+        passes = list(_tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
+                                  dtype=dtype, ratios=tuple(tta_ratios)))
+    else:
+        x = normalize(rescale_uint8(img, tuple(preprocess.resize), backend=backend), preprocess.mean,
+                      preprocess.std, device)
+        passes = [(model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype), False)]
+    k = passes[0][0].shape[1]
+    out = torch.zeros(k, h, w, device=device)
+    for r0, r1 in row_bands(h, w, k, max_bytes):
+        band = out[None, :, r0:r1]
+        for logits, flip in passes:
+            _add_probs(band, logits, flip, (h, w), r0, r1, full=(r0, r1) == (0, h))
+    return out / len(passes)
+
+
 def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = False,
-            preprocess: Preprocess | None = None, device: torch.device | str | None = None,
-            dtype: torch.dtype | None = None, backend: Backend = "auto", batch_size: int = 1,
-            max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
-    """Label map (H, W) int64 (CPU) of one image at its original size, with mmseg's test pipeline.
+            output: Literal["labels", "probs"] = "labels", preprocess: Preprocess | None = None,
+            device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+            backend: Backend = "auto", batch_size: int = 1, max_bytes: int = DEFAULT_MAX_BYTES
+            ) -> torch.Tensor | list[torch.Tensor]:
+    """Label map (H, W) int64 (CPU) of an image at its original size, with the entry's test pipeline.
 
     Args:
         model: a vitseg model (``model.entry`` gives the pipeline) or any module returning logits at its
             input's size, with ``preprocess`` given.
-        image: a path, a PIL image, or an (H, W, 3) uint8 RGB array.
+        image: a path, a PIL image, an (H, W, 3) uint8 RGB array, a (3, H, W) uint8 tensor, or a list of
+            these (then a list of results is returned, one per image).
         tta: mmseg 0.x multi-scale + flip (6 ratios x 2 flips).
+        output: ``"labels"`` for the (H, W) class map, ``"probs"`` for (K, H, W) float32 probabilities.
         preprocess: overrides ``model.entry.preprocess`` (mean/std, resize, whole/slide).
         device: where to run (default: the model's device); the model is moved there.
         dtype: ``torch.bfloat16`` / ``torch.float16`` to run the model under autocast.
@@ -165,15 +197,51 @@ def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = Fal
         batch_size: sliding windows per forward pass (slide mode).
         max_bytes: bound on original-size float temporaries (huge images are processed in pieces).
     """
+    if output not in ("labels", "probs"):
+        raise ValueError(f"output must be 'labels' or 'probs', got {output!r}")
     preprocess = resolve_preprocess(model, preprocess)
+    if isinstance(image, (list, tuple)):
+        return [predict(model, im, tta=tta, output=output, preprocess=preprocess, device=device, dtype=dtype,
+                        backend=backend, batch_size=batch_size, max_bytes=max_bytes) for im in image]
     img = load_image(image, backend=backend)
     if device is not None:
         model.to(device)
     was_training = model.training
     model.eval()
+    run = prob_map if output == "probs" else label_map
     try:
-        labels = label_map(model, img, preprocess, tta=tta, backend=backend, device=device,
-                           batch_size=batch_size, dtype=dtype, max_bytes=max_bytes)
+        result = run(model, img, preprocess, tta=tta, backend=backend, device=device, batch_size=batch_size,
+                     dtype=dtype, max_bytes=max_bytes)
     finally:
         model.train(was_training)
-    return labels.cpu()
+    return result.cpu()
+
+
+def get_transform(model_or_name: nn.Module | str | Preprocess, *, backend: Backend = "auto",
+                  device: torch.device | str | None = None) -> Any:
+    """The entry's input transform, for calling ``model(x)`` yourself: image -> (1, 3, h, w) float32 tensor.
+
+    Decode (as :func:`predict` does), keep-ratio resize to the entry's test scale and normalize with its
+    mean/std. ``model(x)`` (or ``vitseg.slide_inference`` for slide entries) then gives logits at the resized
+    size.
+
+    Args:
+        model_or_name: a vitseg model, a zoo name, or a :class:`vitseg.Preprocess`.
+        backend: image decoding/resizing backend.
+        device: where the tensor is put.
+    """
+    from ..data import Preprocess as _Preprocess
+
+    if isinstance(model_or_name, _Preprocess):
+        pre = model_or_name
+    elif isinstance(model_or_name, str):
+        from .._registry import get_entry
+        pre = get_entry(model_or_name).preprocess
+    else:
+        pre = resolve_preprocess(model_or_name, None)
+
+    def transform(image: Any) -> torch.Tensor:
+        img = rescale_uint8(load_image(image, backend=backend), tuple(pre.resize), backend=backend)
+        return normalize(img, pre.mean, pre.std, device)
+
+    return transform

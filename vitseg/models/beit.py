@@ -74,6 +74,8 @@ class BEiT(nn.Module):
         out_indices: blocks whose outputs are returned (negative indices count from the end).
         final_norm: apply a LayerNorm (``norm``) after the last block.
         drop_path_rate: stochastic depth, linearly increasing over blocks (training only).
+        drop_rate: dropout after the position embedding and in the blocks' projections (training only).
+        attn_drop_rate: dropout on the attention weights (training only).
     """
 
     def __init__(
@@ -93,6 +95,8 @@ class BEiT(nn.Module):
         out_indices: Sequence[int] = (3, 5, 7, 11),
         final_norm: bool = False,
         drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -117,10 +121,12 @@ class BEiT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         num_tokens = 1 + self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if abs_pos_embed else None
+        self.pos_drop = nn.Dropout(drop_rate)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         dpr = _linspace(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, qkv_bias=qkv_bias == "qv", mlp_ratio=mlp_ratio, drop_path=dpr[i],
+                  proj_drop=drop_rate, attn_drop=attn_drop_rate,
                   init_values=init_values, norm_layer=norm_layer, window_size=self.grid_size)
             for i in range(depth)
         ])
@@ -167,6 +173,7 @@ class BEiT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        x = self.pos_drop(x)
 
         outs: dict[int, torch.Tensor] = {}
         last = len(self.blocks) - 1

@@ -47,6 +47,10 @@ class Segmentor(nn.Module):
         self.auxiliary_head = auxiliary_head
         self.entry = None  # set by create_model: the ZooEntry this model was built from
         self.weights = None  # set by create_model when pretrained weights were loaded
+        # What the outputs mean (set by create_model; saved and restored with the weights)
+        self.class_names: tuple[str, ...] = tuple(str(i) for i in range(decode_head.num_classes))
+        self.palette: tuple[tuple[int, int, int], ...] = ()
+        self.dataset = "custom"
 
     @property
     def num_classes(self) -> int:

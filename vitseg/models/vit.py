@@ -47,6 +47,8 @@ class VisionTransformer(nn.Module):
         final_norm: apply a LayerNorm (``norm``) after the last block.
         output_cls_token: return ``(map, cls_token)`` pairs instead of maps.
         drop_path_rate: stochastic depth, linearly increasing over blocks (training only).
+        drop_rate: dropout after the position embedding and in the blocks' projections (training only).
+        attn_drop_rate: dropout on the attention weights (training only).
         pos_embed_interp: how the position table is resized to another grid (mmseg's ``interpolate_mode``).
         with_cls_token: run the blocks on the cls token and the patches. ``False`` (SETR-MLA) runs them on
             the patches only; ``cls_token`` and the table's cls row are then kept, frozen, for checkpoint
@@ -69,6 +71,8 @@ class VisionTransformer(nn.Module):
         final_norm: bool = False,
         output_cls_token: bool = False,
         drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
         pos_embed_interp: Literal["bicubic", "bilinear"] = "bicubic",
         with_cls_token: bool = True,
     ) -> None:
@@ -99,10 +103,12 @@ class VisionTransformer(nn.Module):
         # mmseg keeps the cls token (and its table row) even where no block sees it: frozen there.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=with_cls_token)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         dpr = _linspace(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
+                  proj_drop=drop_rate, attn_drop=attn_drop_rate,
                   norm_layer=norm_layer)
             for i in range(depth)
         ])
@@ -142,6 +148,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         else:  # mmseg adds the table to [cls, patches], then drops the cls row before the blocks
             x = x + pos[:, 1:]
+        x = self.pos_drop(x)
         first = 1 if self.with_cls_token else 0  # index of the first patch token
 
         outs: dict[int, object] = {}
