@@ -149,3 +149,27 @@ def test_folder_models_refuse_other_weights(reference, tmp_path) -> None:
     for kw in (dict(pretrained=True), dict(checkpoint_path=MMSEG_PTH)):
         with pytest.raises(ValueError, match="carries its own weights"):
             vitseg.create_model(f"local-dir:{folder}", **kw)
+
+
+def test_class_names_travel_through_vitseg_convert(tmp_path) -> None:
+    """An mmseg file's recorded classes (meta) -> vitseg convert -> create_model(checkpoint_path=...)."""
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", "mmseg", MMSEG_PTH, str(out), "--model", NAME]) == 2  # the full-size model does not fit
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"kind{i}" for i in range(7)))
+    tiny = vitseg.get_entry(NAME)
+    import dataclasses
+    from vitseg._factory import merge_arch
+    from vitseg._registry import unregister_model
+    vitseg.register_model(dataclasses.replace(tiny, name="segmenter_mask_vit_t16_convtest",
+                                              arch=merge_arch(tiny.arch, T16["overrides"])))
+    try:
+        assert main(["convert", "mmseg", MMSEG_PTH, str(out), "--model", "segmenter_mask_vit_t16_convtest"]) == 0
+        recorded = torch.load(MMSEG_PTH, weights_only=True)["meta"]["CLASSES"]
+        assert vitseg.create_model("segmenter_mask_vit_t16_convtest", checkpoint_path=out).class_names == tuple(recorded)
+        assert main(["convert", "mmseg", MMSEG_PTH, str(out), "--model", "segmenter_mask_vit_t16_convtest",
+                     "--class-names", str(names)]) == 0
+        model = vitseg.create_model("segmenter_mask_vit_t16_convtest", checkpoint_path=out)
+        assert model.class_names == tuple(f"kind{i}" for i in range(7))
+    finally:
+        unregister_model("segmenter_mask_vit_t16_convtest")

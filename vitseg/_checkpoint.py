@@ -23,8 +23,8 @@ import torch.nn as nn
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
 
-__all__ = ["read_checkpoint", "read_state_dict", "to_vitseg", "load_into", "load_backbone", "load_file_into",
-           "load_strict", "describe_mismatch", "drop_class_sized"]
+__all__ = ["read_checkpoint", "read_state_dict", "read_class_names", "to_vitseg", "load_into", "load_backbone",
+           "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
 
 _logger = logging.getLogger(__name__)
 _AUX = "auxiliary_head."
@@ -135,6 +135,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"Could not read {path} as a .npz: truncated or corrupt ({e}).") from None
     raise ValueError(f"{path} is not a checkpoint: it looks like {kind}. Expected a .safetensors file, a "
                      "torch .pth/.pt or a .npz.")
+
+
+def read_class_names(path: str | os.PathLike) -> list[str] | None:
+    """Class names a checkpoint file records, if any: ``class_names`` in a vitseg safetensors file's metadata,
+    or mmseg's ``meta["dataset_meta"]["classes"]`` / ``meta["CLASSES"]`` in a torch file."""
+    import json
+
+    path = os.fspath(path)
+    kind = _sniff(path) if os.path.isfile(path) else None
+    names = None
+    if kind == "safetensors":
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            text = (f.metadata() or {}).get("class_names")
+        names = json.loads(text) if text else None
+    elif kind == "torch":
+        obj = _read_torch(path)
+        meta = obj.get("meta") if isinstance(obj, Mapping) else None
+        if isinstance(meta, Mapping):
+            dataset_meta = meta.get("dataset_meta")
+            names = (dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None) or meta.get("CLASSES")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch.nn as nn
 
 from . import models  # noqa: F401  (importing the families registers the zoo)
-from ._checkpoint import load_backbone, load_file_into, load_into, read_checkpoint, read_state_dict, to_vitseg
+from ._checkpoint import (load_backbone, load_file_into, load_into, read_checkpoint, read_class_names,
+                          read_state_dict, to_vitseg)
 from ._hub import fetch_file, fetch_hf_folder, fetch_weights
 from ._pretrained import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
@@ -166,7 +167,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
         if model.num_classes == len(saved.get("class_names") or ()):
             identity = {**saved, **{k: v for k, v in identity.items() if v is not None}}
     elif checkpoint_path is not None:
-        load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
+        fmt = load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
+        names = read_class_names(checkpoint_path) if fmt.scope == "model" else None
+        if class_names is None and names is not None and len(names) == model.num_classes:
+            identity["class_names"] = names  # what the file says its classes are
     elif weights is not None:
         load_into(model, fetch_weights(entry, weights), num_classes=num_classes, what=f"weights of '{name}'")
         model.weights = weights

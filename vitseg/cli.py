@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output .safetensors")
     p.add_argument("--model", help="whole-model formats: the zoo model the checkpoint is for (checked by a strict load)")
     p.add_argument("--img-size", type=POSITIVE, help="backbone formats: resize the position table for this input size")
+    p.add_argument("--class-names", metavar="FILE", help="whole-model formats: the classes, one per line (default: "
+                                                        "what the checkpoint records, else the dataset's)")
 
     p = sub.add_parser("predict", help="segment images or folders; writes label and overlay PNGs")
     p.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
@@ -207,8 +209,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     if fmt.scope == "model":
         if not args.model:
             raise ValueError(f"convert {fmt.name} needs --model NAME (the zoo entry the checkpoint belongs to)")
-        model = create_model(args.model, checkpoint_path=args.src, format=fmt.name)  # strict: checks every key
-        sd, meta = model.state_dict(), {"vitseg_model": args.model, "source": os.path.basename(args.src)}
+        names = _read_names(args.class_names) if args.class_names else None
+        # strict: checks every key
+        model = create_model(args.model, checkpoint_path=args.src, format=fmt.name, class_names=names)
+        sd = model.state_dict()
+        meta = {"vitseg_model": args.model, "source": os.path.basename(args.src),
+                "class_names": json.dumps(list(model.class_names), ensure_ascii=False)}
     else:
         sd, _ = to_vitseg(read_checkpoint(args.src), format=fmt.name, what=f"The file {args.src}")
         if args.img_size is not None and "pos_embed" in sd:
@@ -257,13 +263,18 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"  failed: {path}: {why}", file=sys.stderr)
 
 
+def _read_names(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(f"--class-names {path} holds no names (one class name per line).")
+    return names
+
+
 def _open_dataset(args: argparse.Namespace, num_classes: int):
     from .data import dataset_info
     from .eval.datasets import open_dataset
-    classes = None
-    if args.class_names:
-        with open(args.class_names, encoding="utf-8") as f:
-            classes = [line.strip() for line in f if line.strip()]
+    classes = _read_names(args.class_names) if args.class_names else None
     if dataset_info(args.dataset).classes:
         if classes is not None or args.reduce_zero_label:
             raise ValueError(f"--class-names and --reduce-zero-label are for folder datasets; '{args.dataset}' "
