@@ -223,3 +223,25 @@ def test_eval_reports_an_unreadable_image_cleanly(tiny_ade_entry, ade_root, tmp_
 def test_eval_refuses_a_model_of_another_class_count(tiny_entry, ade_root, capsys) -> None:  # noqa: F811
     assert main(["eval", "--model", tiny_entry, "--random-weights", "--data", str(ade_root), "--device", "cpu"]) == 2
     assert "predicts 7 classes but the dataset has 150" in capsys.readouterr().err
+
+
+def test_eval_prints_valid_json_when_a_metric_is_undefined(tiny_entry, tmp_path, capsys) -> None:
+    """Every label ignored: mIoU is undefined, printed and saved as null (strict JSON, no NaN)."""
+    from PIL import Image
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+        tmp_path / "d" / "images" / "a.png")
+    Image.fromarray(np.full((40, 50), 255, np.uint8)).save(tmp_path / "d" / "labels" / "a.png")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", tiny_entry, "--random-weights", "--dataset", "folder", "--data",
+                 str(tmp_path / "d"), "--device", "cpu", "--workers", "0", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+
+    def no_nan(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    printed = json.loads(text[text.rindex("{"):], parse_constant=no_nan)
+    assert printed["mIoU"] is None
+    assert json.loads(out.read_text(), parse_constant=no_nan)["mIoU"] is None
