@@ -386,9 +386,12 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
             raise
     converted = False
     try:
+        try:
+            original = read_state_dict(path, source=source)
+        except ValueError as e:
+            raise ValueError(f"{e} It was deleted, not stored. {hint}" if source else str(e)) from None
         # Everything is converted and cached, auxiliary heads included; the loader drops what a model lacks.
-        sd, _ = to_vitseg(read_state_dict(path, source=source), format=weights.format, family=entry.family,
-                          what=f"The file of {weights.url}")
+        sd, _ = to_vitseg(original, format=weights.format, family=entry.family, what=f"The file of {weights.url}")
         st = folder / "model.safetensors"
         save_safetensors(sd, st, metadata={"source_url": weights.url, "sha256": sha256})
         write_json(folder / "source.json", {
