@@ -109,7 +109,7 @@ class LoopbackServer:
 
     ``modes[url_path]`` is ``"short"`` (announce more bytes than sent, then close), ``"slow"`` (send
     in small timed chunks) or ``"trickle"`` (send half the file, then one byte every ``trickle_s`` seconds
-    until ``release`` is set, then the rest). Every response carries ``X-Repo-Commit`` and ``ETag`` headers, which is all
+    until ``release`` is set, then the rest; after ``trickle_limit_s`` it hangs up). Every response carries ``X-Repo-Commit`` and ``ETag`` headers, which is all
     ``huggingface_hub.hf_hub_download`` needs from ``<endpoint>/<repo>/resolve/<rev>/<file>``.
     ``gets[url_path]`` counts GET requests.
     """
@@ -121,6 +121,7 @@ class LoopbackServer:
         self.modes: dict[str, str] = {}
         self.gets: dict[str, int] = {}
         self.trickle_s = 1.0
+        self.trickle_limit_s = 30.0  # a client that never gives up fails, rather than hangs a test
         self.release = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -147,12 +148,12 @@ class LoopbackServer:
                 return body
 
             def _trickle(self, body: bytes) -> None:
-                i = len(body) // 2
+                i, end = len(body) // 2, time.monotonic() + server.trickle_limit_s
                 try:
                     self.wfile.write(body[:i])
                     self.wfile.flush()
                     while i < len(body) and not server.release.wait(server.trickle_s):
-                        if server._stopping.is_set():
+                        if server._stopping.is_set() or time.monotonic() > end:
                             return
                         self.wfile.write(body[i:i + 1])
                         self.wfile.flush()
