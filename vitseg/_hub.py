@@ -71,9 +71,10 @@ def vitseg_home() -> Path:
     return Path(os.environ.get("VITSEG_HOME") or Path.home() / ".cache" / "vitseg").expanduser()
 
 
-def _home_var() -> str:
-    raw = os.environ.get("VITSEG_HOME")
-    return f"VITSEG_HOME={raw}" if raw else "VITSEG_HOME is unset, so the default"
+def _home_words() -> str:
+    """The cache root and where it comes from, for messages."""
+    how = "set by VITSEG_HOME" if os.environ.get("VITSEG_HOME") else "the default, as VITSEG_HOME is unset"
+    return f"{vitseg_home()} ({how})"
 
 
 def _make_dir(folder: Path) -> None:
@@ -81,11 +82,11 @@ def _make_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"Cannot use {folder} as a cache folder: {vitseg_home()} ({_home_var()}) or a folder "
-                         "in it is a file. Set VITSEG_HOME to a folder (it is created if missing), or move "
-                         "the file away.") from None
+        raise ValueError(f"Cannot create the cache folder {folder}: the cache root {_home_words()} or a "
+                         "folder in it is a file. Set VITSEG_HOME to a folder (it is created if missing), or "
+                         "move the file away.") from None
     except OSError as e:
-        raise ValueError(f"Cannot create the cache folder {folder} under {vitseg_home()} ({_home_var()}): "
+        raise ValueError(f"Cannot create the cache folder {folder} under the cache root {_home_words()}: "
                          f"{e.strerror}. Set VITSEG_HOME to a folder you can write.") from None
 
 
@@ -164,8 +165,8 @@ def _lock(folder: Path) -> Iterator[None]:
                         lock.lock_file)
         lock.acquire()
     except PermissionError as e:
-        raise ValueError(f"Cannot write the lock file {lock.lock_file} ({e.strerror}). Set VITSEG_HOME to a "
-                         f"folder you can write ({_home_var()} {vitseg_home()}).") from None
+        raise ValueError(f"Cannot write the lock file {lock.lock_file} ({e.strerror}) under the cache root "
+                         f"{_home_words()}. Set VITSEG_HOME to a folder you can write.") from None
     try:
         _remove_leftovers(folder)
         yield
