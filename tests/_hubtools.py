@@ -109,8 +109,9 @@ class LoopbackServer:
 
     ``modes[url_path]`` is ``"short"`` (announce more bytes than sent, then close), ``"slow"`` (send
     in small timed chunks) or ``"trickle"`` (send half the file, then one byte every ``trickle_s`` seconds
-    until ``release`` is set, then the rest; after ``trickle_limit_s`` it hangs up). Every response carries ``X-Repo-Commit`` and ``ETag`` headers, which is all
-    ``huggingface_hub.hf_hub_download`` needs from ``<endpoint>/<repo>/resolve/<rev>/<file>``.
+    until ``release`` is set, then the rest; after ``trickle_limit_s`` it hangs up). Every response
+    carries ``X-Repo-Commit`` and ``ETag`` headers, which is all ``huggingface_hub.hf_hub_download``
+    needs from ``<endpoint>/<repo>/resolve/<rev>/<file>``.
     ``gets[url_path]`` counts GET requests.
     """
 

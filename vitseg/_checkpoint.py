@@ -1,7 +1,8 @@
 """Checkpoint files in, loaded models out: read safely, tell the format, convert, load strictly.
 
 * :func:`read_checkpoint` reads a ``.safetensors``, a torch file (``weights_only``) or a ``.npz``, whatever
-  its name says, and unwraps ``{"state_dict": …}`` / ``{"model": …}``.
+  its name says, and unwraps ``{"state_dict": …}`` / ``{"model": …}``. :func:`sniff` tells what a file is
+  and, for a file that is not a checkpoint, what it looks like (an HTML page, a Git LFS pointer, text).
 * :func:`to_vitseg` converts a state dict with the format table (:mod:`vitseg.convert`), the format told
   from the keys unless forced.
 * :func:`load_into` loads a whole-model state dict: the one place where training-only parts (auxiliary
@@ -23,8 +24,8 @@ import torch.nn as nn
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
 
-__all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg", "load_into", "load_backbone", "load_file_into",
-           "load_strict", "describe_mismatch", "drop_class_sized"]
+__all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg", "load_into",
+           "load_backbone", "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
 
 _logger = logging.getLogger(__name__)
 _AUX = "auxiliary_head."
