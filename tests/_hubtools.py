@@ -107,9 +107,11 @@ def write_mmseg_checkpoint(model: torch.nn.Module, folder: Path, stem: str, *, s
 class LoopbackServer:
     """An HTTP server on 127.0.0.1 serving the files under ``root``, with misbehaviour on request.
 
-    ``modes[url_path]`` is ``"short"`` (announce more bytes than sent, then close) or ``"slow"`` (send
-    in small timed chunks). Every response carries ``X-Repo-Commit`` and ``ETag`` headers, which is all
-    ``huggingface_hub.hf_hub_download`` needs from ``<endpoint>/<repo>/resolve/<rev>/<file>``.
+    ``modes[url_path]`` is ``"short"`` (announce more bytes than sent, then close), ``"slow"`` (send
+    in small timed chunks) or ``"trickle"`` (send half the file, then one byte every ``trickle_s`` seconds
+    until ``release`` is set, then the rest; after ``trickle_limit_s`` it hangs up). Every response
+    carries ``X-Repo-Commit`` and ``ETag`` headers, which is all ``huggingface_hub.hf_hub_download``
+    needs from ``<endpoint>/<repo>/resolve/<rev>/<file>``.
     ``gets[url_path]`` counts GET requests.
     """
 
@@ -119,6 +121,10 @@ class LoopbackServer:
         self.root = root
         self.modes: dict[str, str] = {}
         self.gets: dict[str, int] = {}
+        self.trickle_s = 1.0
+        self.trickle_limit_s = 30.0  # a client that never gives up fails, rather than hangs a test
+        self.release = threading.Event()
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         server = self
 
@@ -142,6 +148,21 @@ class LoopbackServer:
                 self.end_headers()
                 return body
 
+            def _trickle(self, body: bytes) -> None:
+                i, end = len(body) // 2, time.monotonic() + server.trickle_limit_s
+                try:
+                    self.wfile.write(body[:i])
+                    self.wfile.flush()
+                    while i < len(body) and not server.release.wait(server.trickle_s):
+                        if server._stopping.is_set() or time.monotonic() > end:
+                            return
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        i += 1
+                    self.wfile.write(body[i:])
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (or was killed)
+                    pass
+
             def do_HEAD(self) -> None:
                 self._headers()
 
@@ -157,6 +178,8 @@ class LoopbackServer:
                         self.wfile.write(body[i:i + step])
                         self.wfile.flush()
                         time.sleep(0.1)
+                elif server.modes.get(self.path) == "trickle":
+                    self._trickle(body)
                 elif server.modes.get(self.path) == "short":
                     self.wfile.write(body[: len(body) // 2])
                 else:
@@ -170,6 +193,7 @@ class LoopbackServer:
 
     def stop(self) -> None:
         """Stop serving; later requests are refused by the OS."""
+        self._stopping.set()
         if self._thread.is_alive():
             self._httpd.shutdown()
             self._httpd.server_close()

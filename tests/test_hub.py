@@ -388,13 +388,13 @@ def test_load_pretrained_backbone_timm_and_jax(home, server, tmp_path):
     model = ht.random_model(0)  # img_size 512: the 14x14 table is resized to 32x32
     vitseg.load_pretrained_backbone(model, f"{server.url}/{named.name}")
     _same_weights(model.backbone.state_dict(), convert_timm(sd, img_size=512))
-    assert _files(home / "pretrained") == [named.name]
+    assert _files(home / "pretrained") == [named.name, f"{named.name}.source.json"]
 
     bad = named.with_name("deit_tiny_patch16_224-00000000.pth")
     bad.write_bytes(named.read_bytes())
     with pytest.raises(ValueError, match="Hash mismatch"):
         vitseg.load_pretrained_backbone(model, f"{server.url}/{bad.name}")
-    assert _files(home / "pretrained") == [named.name]
+    assert _files(home / "pretrained") == [named.name, f"{named.name}.source.json"]
 
     rng = np.random.default_rng(0)
     npz = {k: rng.standard_normal(s).astype(np.float32) for k, s in ht.jax_npz_shapes(32, 2, 2, 24).items()}

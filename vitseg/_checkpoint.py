@@ -1,7 +1,8 @@
 """Checkpoint files in, loaded models out: read safely, tell the format, convert, load strictly.
 
 * :func:`read_checkpoint` reads a ``.safetensors``, a torch file (``weights_only``) or a ``.npz``, whatever
-  its name says, and unwraps ``{"state_dict": …}`` / ``{"model": …}``.
+  its name says, and unwraps ``{"state_dict": …}`` / ``{"model": …}``. :func:`sniff` tells what a file is
+  and, for a file that is not a checkpoint, what it looks like (an HTML page, a Git LFS pointer, text).
 * :func:`to_vitseg` converts a state dict with the format table (:mod:`vitseg.convert`), the format told
   from the keys unless forced.
 * :func:`load_into` loads a whole-model state dict: the one place where training-only parts (auxiliary
@@ -23,11 +24,13 @@ import torch.nn as nn
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
 
-__all__ = ["read_checkpoint", "read_state_dict", "read_class_names", "to_vitseg", "load_into", "load_backbone",
-           "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
+__all__ = ["read_checkpoint", "read_state_dict", "read_class_names", "sniff", "CHECKPOINT_KINDS", "to_vitseg",
+           "load_into", "load_backbone", "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
 
 _logger = logging.getLogger(__name__)
 _AUX = "auxiliary_head."
+
+CHECKPOINT_KINDS = ("safetensors", "torch", "npz")  # what :func:`sniff` says of a file it can read
 
 
 # --------------------------------------------------------------------------- reading
@@ -44,8 +47,8 @@ def _numpy_safe_globals() -> list:
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
-def _sniff(path: str) -> str:
-    """What the file is by its first bytes: safetensors, zip (torch or npz), pickle, or a description."""
+def sniff(path: str | os.PathLike) -> str:
+    """What a file is by its contents: one of :data:`CHECKPOINT_KINDS`, or what it looks like instead."""
     with open(path, "rb") as f:
         head = f.read(64)
     if not head:
@@ -75,7 +78,7 @@ def _sniff(path: str) -> str:
     return "an unknown binary format"
 
 
-def _read_torch(path: str) -> Any:
+def _read_torch(path: str, name: str, fix: str) -> Any:
     try:
         # a file object, not the name: torch would pick a loader by the extension
         with torch.serialization.safe_globals(_numpy_safe_globals()), open(path, "rb") as f:
@@ -83,57 +86,64 @@ def _read_torch(path: str) -> Any:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"Refusing to load {path}: it needs more than plain tensors and metadata to unpickle "
+            f"Refusing to load {name}: it needs more than plain tensors and metadata to unpickle "
             f"({first}). Loading it would run code stored in the file. If you trust its origin, "
             "re-save just its weights (torch.save({'state_dict': sd}, ...)) or convert it to safetensors."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"Could not read checkpoint {path}: the file is truncated or corrupt ({e}). "
-                         "Delete it and download it again.") from None
+        raise ValueError(f"Could not read checkpoint {name}: the file is truncated or corrupt ({e}).{fix}"
+                         ) from None
 
 
-def _unwrap(obj: Any, path: str) -> dict[str, Any]:
+def _unwrap(obj: Any, name: str) -> dict[str, Any]:
     for key in ("state_dict", "model"):  # mmcv / mmengine files; DeiT and DPT's own files
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds no state dict (a {type(obj).__name__}); expected a dict of tensors, "
+        raise ValueError(f"{name} holds no state dict (a {type(obj).__name__}); expected a dict of tensors, "
                          "optionally wrapped as {'state_dict': …} or {'model': …}.")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"{path} holds a dict without tensors (keys: {', '.join(map(str, list(obj)[:5]))}); "
+        raise ValueError(f"{name} holds a dict without tensors (keys: {', '.join(map(str, list(obj)[:5]))}); "
                          "expected a state dict.")
     return tensors
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The tensors (or, for ``.npz``, arrays) of a checkpoint file, told apart by content, not by name."""
+def read_checkpoint(path: str | os.PathLike, *, source: str | None = None) -> dict[str, Any]:
+    """The tensors (or, for ``.npz``, arrays) of a checkpoint file, told apart by content, not by name.
+
+    Args:
+        path: the file.
+        source: the URL it was downloaded from, named in messages instead of ``path`` (a temporary file).
+    """
     path = os.fspath(path)
+    name = f"the file downloaded from {source}" if source else path
+    fix = "" if source else " Delete it and download or write it again."
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder; pass a checkpoint file (a save_pretrained folder loads "
                                 f"with create_model('local-dir:{path}')).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    kind = _sniff(path)
+    kind = sniff(path)
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(path)
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"Could not read safetensors file {path}: truncated or corrupt ({e}). "
-                             "Delete it and write or download it again.") from None
+            raise ValueError(f"Could not read safetensors file {name}: truncated or corrupt ({e}).{fix}"
+                             ) from None
     if kind == "torch":
-        return _unwrap(_read_torch(path), path)
+        return _unwrap(_read_torch(path, name, fix), name)
     if kind == "npz":
         import numpy as np
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         except (ValueError, OSError, zipfile.BadZipFile) as e:
-            raise ValueError(f"Could not read {path} as a .npz: truncated or corrupt ({e}).") from None
-    raise ValueError(f"{path} is not a checkpoint: it looks like {kind}. Expected a .safetensors file, a "
+            raise ValueError(f"Could not read {name} as a .npz: truncated or corrupt ({e}).{fix}") from None
+    raise ValueError(f"{name} is not a checkpoint: it looks like {kind}. Expected a .safetensors file, a "
                      "torch .pth/.pt or a .npz.")
 
 
@@ -143,7 +153,7 @@ def read_class_names(path: str | os.PathLike) -> list[str] | None:
     import json
 
     path = os.fspath(path)
-    kind = _sniff(path) if os.path.isfile(path) else None
+    kind = sniff(path) if os.path.isfile(path) else None
     names = None
     if kind == "safetensors":
         from safetensors import safe_open
@@ -151,7 +161,7 @@ def read_class_names(path: str | os.PathLike) -> list[str] | None:
             text = (f.metadata() or {}).get("class_names")
         names = json.loads(text) if text else None
     elif kind == "torch":
-        obj = _read_torch(path)
+        obj = _read_torch(path, path, "")
         meta = obj.get("meta") if isinstance(obj, Mapping) else None
         if isinstance(meta, Mapping):
             dataset_meta = meta.get("dataset_meta")
@@ -161,9 +171,9 @@ def read_class_names(path: str | os.PathLike) -> list[str] | None:
     return None
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, *, source: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (see :func:`read_checkpoint`), arrays made tensors."""
-    return {k: torch.as_tensor(v) for k, v in read_checkpoint(path).items()}
+    return {k: torch.as_tensor(v) for k, v in read_checkpoint(path, source=source).items()}
 
 
 # --------------------------------------------------------------------------- converting

@@ -1,21 +1,23 @@
 """Writing files atomically: a temporary file beside the target, then ``os.replace``.
 
 Every file vitseg writes (the download cache, ``save_pretrained`` folders, ``vitseg convert`` outputs) goes
-through here, so a crash or a full disk never leaves a half-written file under the final name.
+through here, so a crash or a full disk never leaves a half-written file under the final name. Files get
+the permissions the umask allows (0644 under umask 022), as ``open()`` would give them: ``tempfile.mkstemp``
+would make them 0600, and ``os.replace`` keeps the temporary's mode.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write", "save_safetensors", "write_json", "sha256_file", "unlink_quietly"]
+__all__ = ["atomic_write", "make_temp", "save_safetensors", "write_json", "sha256_file", "unlink_quietly"]
 
 _CHUNK = 1 << 20
 
@@ -28,13 +30,33 @@ def unlink_quietly(path: str | os.PathLike) -> None:
         pass
 
 
+def make_temp(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create a new, empty file ``<folder>/<prefix><random><suffix>``; return (open fd, path).
+
+    Like ``tempfile.mkstemp`` (exclusive creation, so never someone else's file), but with mode 0o666
+    less the umask, so that the file, once moved into place, has the permissions ``open()`` would give.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a temporary file in {folder}: every name tried exists.")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp(path.parent, f".{path.name}.", ".tmp")
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         write(tmp)
+        # Writers may replace the file themselves (safetensors >= 0.6 saves through its own 0600
+        # temporary and a rename), so the mode is set again on what is there now.
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
