@@ -185,6 +185,9 @@ def _cmd_list(args: argparse.Namespace) -> None:
         rows.append((name, f"{entry.num_params / 1e6:.1f}M", crop, pre.mode,
                      f"{metrics['mIoU']:.2f}" if metrics else "-",
                      f"{metrics['mIoU_ms_flip']:.2f}" if metrics else "-"))
+    if len(rows) == 1:
+        print(f"vitseg list: no model matches {args.pattern!r}; `vitseg list` shows them all.", file=sys.stderr)
+        return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -325,7 +328,12 @@ def _cmd_export_zoo(args: argparse.Namespace) -> None:
     from ._factory import create_model
     from ._pretrained import save_pretrained
     from ._registry import list_models
-    for name in list_models(args.pattern, pretrained=True):
+    names = list_models(args.pattern, pretrained=True)
+    if not names:
+        raise ValueError(f"No released checkpoint matches {args.pattern!r}; see `vitseg list --pretrained`.")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"{args.out} is a file; give a folder (one subfolder per checkpoint).")
+    for name in names:
         print(f"wrote {save_pretrained(create_model(name, pretrained=True), Path(args.out).expanduser() / name)}")
 
 
