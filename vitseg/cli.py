@@ -106,7 +106,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
         metrics = entry.get_weights(tag).metrics if entry.weights else {}
         rows.append((name, f"{entry.num_params / 1e6:.1f}M", crop, pre.mode,
                      f"{metrics['mIoU']:.2f}" if metrics else "-",
-                     f"{metrics['mIoU_ms_flip']:.2f}" if metrics else "-"))
+                     f"{metrics['mIoU_ms_flip']:.2f}" if "mIoU_ms_flip" in metrics else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -107,7 +107,8 @@ def _fuse_qkv(sd: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
     for (layer, kind), p in parts.items():
         if set(p) != {"query", "key", "value"}:
-            raise ValueError(f"Layer {layer} of the HF DPT checkpoint lacks attention {kind}s: has only {sorted(p)}")
+            raise ValueError(f"Layer {layer} of the HF DPT checkpoint lacks part of its attention {kind}: it has "
+                             f"{sorted(p)} of query, key, value")
         out[f"dpt.encoder.layer.{layer}.attention.attention.qkv.{kind}"] = torch.cat(
             [torch.as_tensor(p["query"]), torch.as_tensor(p["key"]), torch.as_tensor(p["value"])])
     return out

@@ -222,14 +222,16 @@ class DPTISL(Segmentor):
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, in_chans: int = 3) -> None:
         super().__init__(backbone, decode_head)
         self.in_chans = in_chans
+        self.input_multiple = INPUT_MULTIPLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_tensor(x, self.in_chans)
         h, w = x.shape[-2:]
-        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
-            up = [-(-s // INPUT_MULTIPLE) * INPUT_MULTIPLE for s in (h, w)]
+        m = self.input_multiple
+        if h % m or w % m:
+            up = [-(-s // m) * m for s in (h, w)]
             raise ValueError(
-                f"This DPT takes inputs of sides that are multiples of {INPUT_MULTIPLE}, got {h}x{w}: resize the "
+                f"This DPT takes inputs of sides that are multiples of {m}, got {h}x{w}: resize the "
                 f"image (e.g. to {up[0]}x{up[1]}) as its test transform does (vitseg.predict does it for you).")
         return self.decode_head(self.backbone(x))
 
