@@ -309,7 +309,7 @@ register_model(ZooEntry(
     notes="The DPT authors' own ADE20K model (isl-org/DPT, MIT licence): ViT-B/16 on a ResNet-50 stem with "
           "timm 0.4.5's weight standardization. Test protocol of run_segmentation.py: resize to 480 keeping "
           "the aspect ratio (multiple of 32), bicubic in float64, mean/std 0.5, logits resized bicubically. "
-          "The paper gives no multi-scale + flip figure.",
+          "The paper reports one mIoU per model, no separate multi-scale + flip figure.",
 ))
 
 register_model(ZooEntry(
@@ -328,5 +328,5 @@ register_model(ZooEntry(
     notes="The DPT authors' own ADE20K model (isl-org/DPT, MIT licence), not mmseg's DPT (see "
           "dpt_vit_l16_ade20k): LayerNorm eps 1e-6, bilinear position-table resize, mean/std 0.5, "
           "align_corners=True output up-sampling. Hugging Face's Intel/dpt-large-ade (a conversion of the "
-          "same file) loads too (format hf_dpt). The paper gives no multi-scale + flip figure.",
+          "same file) loads too (format hf_dpt). The paper reports one mIoU per model, no separate multi-scale + flip figure.",
 ))
