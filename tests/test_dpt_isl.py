@@ -121,6 +121,16 @@ def test_two_models_at_once_do_not_interfere() -> None:
     assert torch.equal(first, again)
     size = io_b["image1"].shape[:2]
     assert _rel(F.interpolate(other, size=size, mode="bicubic", align_corners=False), io_b["logits1"]) <= TOL
+    # at the same time, from two threads (where one shared activation dict would mix the models' maps)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [model(x) for _ in range(4)]
+
+    with ThreadPoolExecutor(2) as pool:
+        outs_a, outs_b = pool.map(run, (a, b), (io_a["input0"], io_b["input1"]))
+    assert all(torch.equal(o, first) for o in outs_a) and all(torch.equal(o, other) for o in outs_b)
 
 
 def test_inputs_must_be_multiples_of_32() -> None:
@@ -283,6 +293,47 @@ def tiny_large():
     vitseg.register_model(tiny)
     yield tiny.name
     unregister_model(tiny.name)
+
+
+def test_pretrained_download_of_the_authors_file(tmp_path, monkeypatch) -> None:
+    """``pretrained=True`` with ``Weights(format="dpt_isl")``: a loopback server stands in for GitHub's release."""
+    import shutil
+
+    import _hubtools as ht
+    from vitseg._registry import Weights
+
+    monkeypatch.setenv("VITSEG_HOME", str(tmp_path / "home"))
+    name = "dpt_isl_vit_l16_ade20k"
+    server = ht.LoopbackServer(tmp_path / "srv")
+    try:
+        (tmp_path / "srv").mkdir()
+        sha = MANIFEST[name]["checkpoint_sha256"]
+        shutil.copy(_ckpt(name), tmp_path / "srv" / f"dpt_large-ade20k-{sha[:8]}.pt")
+        entry = vitseg.get_entry(name)
+        tiny = dataclasses.replace(
+            entry, name="dpt_isl_vit_l16_hubtest", arch=merge_arch(entry.arch, MANIFEST[name]["overrides"]),
+            weights=(dataclasses.replace(entry.weights[0], url=f"{server.url}/dpt_large-ade20k-{sha[:8]}.pt",
+                                         sha256=sha),))
+        vitseg.register_model(tiny)
+        model = vitseg.create_model(tiny.name, pretrained=True)
+        ref = _model(name).state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+        assert isinstance(model.weights, Weights) and model.weights.format == "dpt_isl"
+    finally:
+        server.stop()
+        unregister_model("dpt_isl_vit_l16_hubtest")
+
+
+def test_cli_convert_the_authors_checkpoint(tiny_large, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from vitseg.cli import main
+
+    dst = tmp_path / "model.safetensors"
+    assert main(["convert", "dpt_isl", _ckpt("dpt_isl_vit_l16_ade20k"), str(dst), "--model", tiny_large]) == 0
+    ref = _model("dpt_isl_vit_l16_ade20k").state_dict()
+    sd = load_file(str(dst))
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)
 
 
 def test_cli_predict_with_the_authors_checkpoint(tiny_large, tmp_path) -> None:
