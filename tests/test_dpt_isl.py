@@ -348,3 +348,22 @@ def test_cli_predict_with_the_authors_checkpoint(tiny_large, tmp_path) -> None:
                  "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     labels = np.asarray(Image.open(tmp_path / "out" / "image2_labels.png"))
     assert np.array_equal(labels, io["labels2"].numpy())
+
+
+def test_evaluate_reproduces_the_authors_labels(tmp_path) -> None:
+    """``vitseg.evaluate`` on a folder whose label files are the authors' predictions: 100 % agreement."""
+    from PIL import Image
+
+    from vitseg.eval import FolderDataset
+
+    name = "dpt_isl_vit_l16_ade20k"
+    io = _io(name)
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    for i in range(MANIFEST[name]["num_images"]):
+        Image.fromarray(io[f"image{i}"].numpy()).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(io[f"labels{i}"].numpy()).save(tmp_path / "labels" / f"{i}.png")
+    dataset = FolderDataset(str(tmp_path / "images"), str(tmp_path / "labels"), img_suffix=".png",
+                            classes=[str(i) for i in range(5)])
+    results = vitseg.evaluate(_model(name), dataset, preprocess=_preprocess(name), verbose=False, progress=False)
+    assert results["aAcc"] == 100.0 and results["preprocess"]["resize_mode"] == "dpt"
