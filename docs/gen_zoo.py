@@ -27,6 +27,8 @@ def _vitseg():
 
 def _test(pre) -> str:
     short = pre.resize[1]
+    if pre.resize_mode == "dpt":
+        return f"whole, DPT resize {short} (x{pre.multiple_of})"
     if pre.mode == "slide":
         return f"slide {pre.crop_size[0]}/{pre.stride[0]}, short side {short}"
     return f"whole, short side {short}"
@@ -70,7 +72,7 @@ def zoo_table() -> str:
         "",
         f"{len(vitseg.list_models(pretrained=True))} checkpoints of {len(vitseg.list_models())} architectures. "
         "mIoU and ms+flip (6 scales x 2 flips) on ADE20K-val are the numbers the source of each checkpoint "
-        "reports (the weights column names its format); a `.tag` picks one of several checkpoints of one architecture (the first is the "
+        "reports (the weights column names its format; — where it reports none); a `.tag` picks one of several checkpoints of one architecture (the first is the "
         "default). Parameters exclude the training-only auxiliary head. "
         "¹ No released checkpoint: the architecture alone.",
     ]

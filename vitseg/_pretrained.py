@@ -55,8 +55,10 @@ def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
         "model = vitseg.create_model('hf-hub:<org>/<repo>')  # or 'local-dir:/path/to/this/folder'",
         "```", "",
         "## Preprocessing", "",
-        f"RGB, 0-255, mean {list(pre['mean'])}, std {list(pre['std'])}; keep-ratio resize into "
-        f"{list(pre['resize'])}; inference mode `{pre['mode']}`"
+        f"RGB, 0-255, mean {list(pre['mean'])}, std {list(pre['std'])}; "
+        + (f"isl-org/DPT resize to {list(pre['resize'])} (keep ratio, multiple of {pre['multiple_of']}, "
+           f"bicubic); " if pre.get("resize_mode") == "dpt" else f"keep-ratio resize into {list(pre['resize'])}; ")
+        + f"inference mode `{pre['mode']}`"
         + (f", crop {list(pre['crop_size'])}, stride {list(pre['stride'])}." if pre["mode"] == "slide" else "."),
         "",
     ]

@@ -184,7 +184,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
         metrics = entry.get_weights(tag).metrics if entry.weights else {}
         rows.append((name, f"{entry.num_params / 1e6:.1f}M", crop, pre.mode,
                      f"{metrics['mIoU']:.2f}" if metrics else "-",
-                     f"{metrics['mIoU_ms_flip']:.2f}" if metrics else "-"))
+                     f"{metrics['mIoU_ms_flip']:.2f}" if "mIoU_ms_flip" in metrics else "-"))
     if len(rows) == 1:
         print(f"vitseg list: no model matches {args.pattern!r}; `vitseg list` shows them all.", file=sys.stderr)
         return
@@ -311,7 +311,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     overrides = tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
     model = create_model(args.model, **overrides)
     short = args.short_side or get_entry(args.model).preprocess.resize[1]
-    r = benchmark(model, sizes=image_sizes(args.images, short=short), batch=args.batch, device=device,
+    m = getattr(model, "input_multiple", 1)  # models that take sides of multiples of m only (the DPT authors')
+    sizes = [(-(-h // m) * m, -(-w // m) * m) for h, w in image_sizes(args.images, short=short)]
+    r = benchmark(model, sizes=sizes, batch=args.batch, device=device,
                   dtype=DTYPES[args.dtype], reps=args.reps, warmup=args.warmup, flops=not args.no_flops)
     mem = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB" if r["peak_memory_bytes"] is not None else "n/a"
     flops = f", {r['flops_per_image'] / 1e9:.4g} GFLOPs/img" if r["flops_per_image"] is not None else ""

@@ -21,7 +21,8 @@ __all__ = [
     "Preprocess", "FolderLayout", "DatasetInfo", "register_dataset", "dataset_info", "list_datasets",
     "display_name", "default_palette", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_WHOLE_512",
     "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "ADE20K_SLIDE_512_S341",
-    "ADE20K_SLIDE_640_S426_MIN640", "ADE20K_SLIDE_512_S341_MIN512", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+    "ADE20K_SLIDE_640_S426_MIN640", "ADE20K_SLIDE_512_S341_MIN512", "ADE20K_DPT_480", "IMAGENET_MEAN",
+    "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
 ]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -43,6 +44,12 @@ class Preprocess:
         stride: ``(h, w)`` step between windows (slide mode only).
         tta_min_size: mmseg 0.x ``Resize(min_size=...)`` in the ms+flip pipeline: no multi-scale pass gets
             a short side below it (fixed-grid models such as BEiT; see ``vitseg.eval.pipeline``).
+        resize_mode: ``"mmcv"`` (``resize`` is mmcv's keep-ratio ``(long, short)``, the uint8 image is resized
+            bilinearly) or ``"dpt"`` (``resize`` is the ``(width, height)`` of isl-org/DPT's ``Resize``, keep
+            aspect ratio, "minimal" policy, sides rounded to ``multiple_of``; the image is resized as float64).
+        interpolation: the image resize kernel: ``"bilinear"`` (mmcv) or ``"bicubic"`` (dpt).
+        multiple_of: the resized sides are multiples of it (``"dpt"`` only).
+        logits_interpolation: how the logits are resized to the image (``align_corners=False`` both).
     """
 
     mean: tuple[float, float, float]
@@ -52,10 +59,26 @@ class Preprocess:
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
     tta_min_size: int | None = None
+    resize_mode: Literal["mmcv", "dpt"] = "mmcv"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    multiple_of: int = 1
+    logits_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"Preprocess.mode must be 'whole' or 'slide', got {self.mode!r}")
+        # the combinations some zoo entry's source uses; the others have no implementation
+        kernels = {"mmcv": "bilinear", "dpt": "bicubic"}
+        if kernels.get(self.resize_mode) != self.interpolation:
+            raise ValueError(f"Preprocess(resize_mode={self.resize_mode!r}) takes interpolation="
+                             f"{kernels.get(self.resize_mode)!r} (resize_mode is 'mmcv' or 'dpt'), "
+                             f"got {self.interpolation!r}")
+        if self.multiple_of < 1 or (self.resize_mode == "mmcv" and self.multiple_of != 1):
+            raise ValueError(f"Preprocess.multiple_of must be 1 for resize_mode='mmcv' and >= 1 for 'dpt', "
+                             f"got {self.multiple_of}")
+        if self.logits_interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"Preprocess.logits_interpolation must be 'bilinear' or 'bicubic', "
+                             f"got {self.logits_interpolation!r}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
             raise ValueError("Preprocess(mode='slide') needs crop_size and stride")
 
@@ -76,6 +99,12 @@ ADE20K_SLIDE_640_S426_MIN640 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, 
                                           crop_size=(640, 640), stride=(426, 426), tta_min_size=640)
 ADE20K_SLIDE_512_S341_MIN512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(2048, 512), mode="slide",
                                           crop_size=(512, 512), stride=(341, 341), tta_min_size=512)
+
+# isl-org/DPT run_segmentation.py (commit cd3fe90): Resize(480, 480, keep_aspect_ratio=True,
+# ensure_multiple_of=32, resize_method="minimal", cv2.INTER_CUBIC) on the float64 image in [0, 1],
+# NormalizeImage(0.5, 0.5), whole-image inference, logits resized bicubically to the image.
+ADE20K_DPT_480 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(480, 480), mode="whole", resize_mode="dpt",
+                            interpolation="bicubic", multiple_of=32, logits_interpolation="bicubic")
 
 
 @dataclass(frozen=True)
@@ -253,7 +282,7 @@ register_dataset(DatasetInfo(
                         splits=("training", "validation"), default_split="validation"),
     presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640,
              "slide_512_s341": ADE20K_SLIDE_512_S341, "slide_640_s426_min640": ADE20K_SLIDE_640_S426_MIN640,
-             "slide_512_s341_min512": ADE20K_SLIDE_512_S341_MIN512},
+             "slide_512_s341_min512": ADE20K_SLIDE_512_S341_MIN512, "dpt_480": ADE20K_DPT_480},
     description="ADE20K SceneParsing, 150 classes: the folder extracted from ADEChallengeData2016.zip",
 ))
 

@@ -70,7 +70,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
 class _Images(torch.utils.data.Dataset):
     """Decodes and resizes in the DataLoader workers."""
 
-    def __init__(self, items: list[tuple[str, str]], scale: tuple[int, int], backend: Backend) -> None:
+    def __init__(self, items: list[tuple[str, str]], scale: tuple[int, int] | None, backend: Backend) -> None:
         self.items, self.scale, self.backend = items, scale, backend
 
     def __len__(self) -> int:
@@ -82,8 +82,10 @@ class _Images(torch.utils.data.Dataset):
             img = load_image(path, backend=self.backend)
         except (ValueError, TypeError, OSError) as e:
             return dict(path=path, stem=stem, error=str(e))
-        return dict(path=path, stem=stem, img=torch.from_numpy(img),
-                    resized=torch.from_numpy(rescale_uint8(img, self.scale, backend=self.backend)))
+        item = dict(path=path, stem=stem, img=torch.from_numpy(img))
+        if self.scale is not None:  # mmcv's resize runs here, in the worker; other transforms in label_map
+            item["resized"] = torch.from_numpy(rescale_uint8(img, self.scale, backend=self.backend))
+        return item
 
 
 def _outputs(out_dir: str, stem: str, overlay: bool) -> list[str]:
@@ -152,7 +154,8 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     skipped = len(mine) - len(todo)
     if num_workers is None:
         num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-    loader = torch.utils.data.DataLoader(_Images(todo, tuple(preprocess.resize), backend), batch_size=None,
+    scale = tuple(preprocess.resize) if preprocess.resize_mode == "mmcv" and not tta else None
+    loader = torch.utils.data.DataLoader(_Images(todo, scale, backend), batch_size=None,
                                          num_workers=num_workers if todo else 0)
     bar = None
     if progress and rank == 0:
@@ -166,7 +169,7 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
             else:
                 img = item["img"]
                 labels = label_map(model, img.numpy(), preprocess, tta=tta, backend=backend, device=device,
-                                   batch_size=batch_size, dtype=dtype, resized=None if tta else item["resized"],
+                                   batch_size=batch_size, dtype=dtype, resized=item.get("resized"),
                                    size=tuple(img.shape[:2]))
                 _write(labels, img, _outputs(out_dir, item["stem"], overlay), model)
                 written += 1

@@ -128,7 +128,9 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         num_workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
     if pin_memory is None:
         pin_memory = device.type == "cuda"
-    prepared = _Prepared(dataset, indices, None if tta else tuple(preprocess.resize), backend)
+    # the workers pre-resize (uint8) for mmcv's resize only; other transforms run in label_map
+    pre_resize = not tta and preprocess.resize_mode == "mmcv"
+    prepared = _Prepared(dataset, indices, tuple(preprocess.resize) if pre_resize else None, backend)
     loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate, pin_memory=pin_memory)
     metric = IoUMetric(num_classes, ignore_index=ignore_index, device=device)
@@ -145,7 +147,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
         preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
                         mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
-                        stride=preprocess.stride and list(preprocess.stride)),
+                        stride=preprocess.stride and list(preprocess.stride), resize_mode=preprocess.resize_mode,
+                        logits_interpolation=preprocess.logits_interpolation),
     )
     if rank == 0:
         _report(results, classes, world, verbose=verbose, out_file=out_file)

@@ -17,6 +17,12 @@ Two backends:
 * ``"opencv"``: ``cv2.imdecode`` and ``cv2.resize``, exactly as mmcv (``pip install vitseg[opencv]``).
 
 ``"auto"`` picks OpenCV when it is importable, else Pillow.
+
+isl-org/DPT's test transform (``Preprocess(resize_mode="dpt")``, commit cd3fe90 ``dpt/transforms.py`` and
+``run_segmentation.py``) is another one: the image is divided by 255 (float64), resized with
+``cv2.resize(..., INTER_CUBIC)`` to a keep-ratio size whose sides are rounded to a multiple of 32
+(:func:`dpt_size`), normalized and only then cast to float32; the bicubic overshoot is not clipped. The
+``"pillow"`` backend emulates OpenCV's float cubic resize in numpy (:func:`resize_float64`).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend", "rescale_size", "tta_scales", "min_size_scale", "load_image", "resize_uint8", "normalize", "prepare_image",
-    "rescale_uint8", "resolve_backend", "TTA_RATIOS",
+    "rescale_uint8", "resolve_backend", "TTA_RATIOS", "dpt_size", "resize_float64", "prepare_input",
 ]
 
 Backend = Literal["auto", "pillow", "opencv"]
@@ -273,6 +279,87 @@ def rescale_uint8(img: np.ndarray, scale: tuple[int, int], *, backend: Backend =
     return resize_uint8(img, rescale_size((w, h), scale), backend=backend)
 
 
+def dpt_size(size: tuple[int, int], target: tuple[int, int], multiple_of: int) -> tuple[int, int]:
+    """isl-org/DPT ``Resize(keep_aspect_ratio=True, resize_method="minimal")``: ``(w, h)`` for ``size = (w, h)``.
+
+    Of the two scales that fit the width or the height of ``target = (w, h)``, the one closer to 1 is used for
+    both sides (ties: the height's); each side is then rounded half to even to a multiple of ``multiple_of``.
+    """
+    import numpy as np
+
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"Image size must be positive, got (w, h) = {size}")
+    scale_w, scale_h = target[0] / w, target[1] / h
+    scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    new = [int(np.round(scale * side / multiple_of) * multiple_of) for side in (w, h)]
+    if min(new) <= 0:
+        raise ValueError(f"An image of (w, h) = {size} resizes to {tuple(new)} under the DPT transform (target "
+                         f"{tuple(target)}, multiple of {multiple_of}): too elongated for this model.")
+    return new[0], new[1]
+
+
+def _cubic_taps(dst: int, src: int) -> tuple[Any, Any]:
+    """Source indices (dst, 4) and float32 weights (dst, 4) of OpenCV's INTER_CUBIC along one axis."""
+    import numpy as np
+
+    # cv2.resize: scale = 1 / (dst / src) in double, f = float((d + .5) * scale - .5); A = -0.75,
+    # the weights in float32 (interpolateCubic), the taps clamped to the border
+    scale = 1.0 / (dst / src)
+    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    i = np.floor(f).astype(np.int64)
+    x = f - i.astype(np.float32)
+    a, one = np.float32(-0.75), np.float32(1)
+    c0 = ((a * (x + one) - 5 * a) * (x + one) + 8 * a) * (x + one) - 4 * a
+    c1 = ((a + 2) * x - (a + 3)) * x * x + one
+    c2 = ((a + 2) * (one - x) - (a + 3)) * (one - x) * (one - x) + one
+    c3 = one - c0 - c1 - c2
+    idx = np.clip(i[:, None] + np.arange(-1, 3)[None, :], 0, src - 1)
+    return idx, np.stack([c0, c1, c2, c3], axis=1)
+
+
+def resize_float64(img: np.ndarray, size: tuple[int, int], *, backend: Backend = "auto") -> np.ndarray:
+    """Bicubic resize of an (H, W, C) float64 image to ``size = (w, h)``, as ``cv2.resize(INTER_CUBIC)``.
+
+    The numpy path does what OpenCV does for float64 images: a horizontal then a vertical 4-tap pass, summed
+    in double with float32 weights, taps clamped at the borders, no clipping.
+    """
+    import numpy as np
+
+    width, height = int(size[0]), int(size[1])
+    if width <= 0 or height <= 0:
+        raise ValueError(f"Target size must be positive, got (w, h) = {size}")
+    if resolve_backend(backend) == "opencv":
+        import cv2
+
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
+    if img.shape[:2] == (height, width):
+        return img.copy()
+    xi, xw = _cubic_taps(width, img.shape[1])
+    yi, yw = _cubic_taps(height, img.shape[0])
+    xw, yw = xw.astype(np.float64), yw.astype(np.float64)
+    rows = img[np.unique(yi)]  # only the rows the vertical pass reads
+    pos = np.searchsorted(np.unique(yi), yi)
+    hor = sum(rows[:, xi[:, k]] * xw[None, :, k, None] for k in range(4))  # left to right, as OpenCV
+    return sum(hor[pos[:, k]] * yw[:, k, None, None] for k in range(4))
+
+
+def prepare_input(img: np.ndarray, preprocess: Preprocess, *, backend: Backend = "auto",
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> the (1, 3, h, w) float32 model input of ``preprocess`` (either resize mode)."""
+    if preprocess.resize_mode == "mmcv":
+        return normalize(rescale_uint8(img, tuple(preprocess.resize), backend=backend), preprocess.mean,
+                         preprocess.std, device)
+    import numpy as np
+
+    h, w = img.shape[:2]
+    x = img / 255.0  # float64 in [0, 1], as the authors' read_image
+    x = resize_float64(x, dpt_size((w, h), tuple(preprocess.resize), preprocess.multiple_of), backend=backend)
+    mean, std = np.asarray(preprocess.mean) / 255.0, np.asarray(preprocess.std) / 255.0
+    x = np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1)).astype(np.float32)
+    return torch.from_numpy(x).unsqueeze(0).to(device)
+
+
 def prepare_image(image: str | os.PathLike | Any, preprocess: Preprocess, *,
                   scale: tuple[int, int] | None = None, backend: Backend = "auto",
                   device: torch.device | str | None = None) -> torch.Tensor:
@@ -282,5 +369,9 @@ def prepare_image(image: str | os.PathLike | Any, preprocess: Preprocess, *,
     :func:`vitseg.slide_inference`.
     """
     img = load_image(image, backend=backend)
+    if preprocess.resize_mode != "mmcv":
+        if scale is not None:
+            raise ValueError("prepare_image(scale=...) applies to resize_mode='mmcv' only")
+        return prepare_input(img, preprocess, backend=backend, device=device)
     img = rescale_uint8(img, tuple(scale or preprocess.resize), backend=backend)
     return normalize(img, preprocess.mean, preprocess.std, device)

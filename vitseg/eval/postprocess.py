@@ -14,6 +14,7 @@ takes the argmax (mmsegmentation v1.2.2 ``BaseSegmentor.postprocess_result``). F
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,25 +32,28 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def resized_argmax(logits: torch.Tensor, size: tuple[int, int], *,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
-    """``argmax`` over classes of ``F.interpolate(logits, size, bilinear, align_corners=False)``.
+def resized_argmax(logits: torch.Tensor, size: tuple[int, int], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                   mode: Literal["bilinear", "bicubic"] = "bilinear") -> torch.Tensor:
+    """``argmax`` over classes of ``F.interpolate(logits, size, mode, align_corners=False)``.
 
     Never holds more than about ``max_bytes`` of resized logits: channels are resized in chunks and a
-    running maximum is kept. Returns (H, W) int64 on the logits' device.
+    running maximum is kept (both kernels treat channels independently). Returns (H, W) int64 on the
+    logits' device. ``"bicubic"`` is isl-org/DPT's (``run_segmentation.py``).
     """
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
     logits = _check_logits(logits)
     k = logits.shape[1]
     h, w = int(size[0]), int(size[1])
     per_channel = h * w * 4
     if k * per_channel <= max_bytes:
-        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+        return F.interpolate(logits, size=(h, w), mode=mode, align_corners=False)[0].argmax(0)
     chunk = max(1, max_bytes // per_channel)
     best = None
     # a narrow label dtype keeps the per-channel update cheap; widened to int64 at the end
     labels = torch.zeros(h, w, dtype=torch.int16 if k < 2**15 else torch.int64, device=logits.device)
     for c0 in range(0, k, chunk):
-        part = F.interpolate(logits[:, c0:c0 + chunk], size=(h, w), mode="bilinear", align_corners=False)[0]
+        part = F.interpolate(logits[:, c0:c0 + chunk], size=(h, w), mode=mode, align_corners=False)[0]
         for j in range(part.shape[0]):
             if best is None:
                 best = part[j].clone()

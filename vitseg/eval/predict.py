@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .inference import slide_inference, whole_inference
-from .pipeline import Backend, TTA_RATIOS, load_image, min_size_scale, normalize, rescale_uint8, tta_scales
+from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_input, rescale_uint8,
+                       tta_scales)
 from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
 
 if TYPE_CHECKING:
@@ -91,8 +92,9 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     For single-scale runs the already rescaled uint8 image may be given as ``resized`` together with the
     original ``size = (H, W)`` instead of ``img`` (evaluate resizes in its DataLoader workers).
 
-    Single scale: keep-ratio resize to ``preprocess.resize``, whole/slide inference, logits resized to
-    (H, W), argmax (never more than ``max_bytes`` of original-size logits at once).
+    Single scale: keep-ratio resize to ``preprocess.resize`` (or isl-org/DPT's transform where
+    ``preprocess.resize_mode == "dpt"``), whole/slide inference, logits resized to (H, W)
+    (``preprocess.logits_interpolation``), argmax (never more than ``max_bytes`` of original-size logits at once).
 
     ``tta=True``: mmseg 0.x ms+flip (``MultiScaleFlipAug``): scales ``(int(long*r), int(short*r))`` from the
     original image, each unflipped and flipped, softmax of the logits resized to (H, W), flips undone,
@@ -100,6 +102,16 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if tta and preprocess.resize_mode != "mmcv":
+        raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
+                         f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
+    if preprocess.resize_mode != "mmcv":
+        if img is None:
+            raise ValueError(f"label_map needs the decoded image (img) for resize_mode={preprocess.resize_mode!r}")
+        x = prepare_input(img, preprocess, backend=backend, device=device)
+        logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
+        del x
+        return resized_argmax(logits, img.shape[:2], max_bytes=max_bytes, mode=preprocess.logits_interpolation)
     if resized is not None and not tta:
         if size is None:
             raise ValueError("label_map(resized=...) needs the original size=(H, W)")
@@ -113,7 +125,7 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
         x = normalize(resized, preprocess.mean, preprocess.std, device)
         logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
         del x
-        return resized_argmax(logits, (h, w), max_bytes=max_bytes)
+        return resized_argmax(logits, (h, w), max_bytes=max_bytes, mode=preprocess.logits_interpolation)
     passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
                          dtype=dtype, ratios=tuple(tta_ratios))
     first, flip = next(passes)
@@ -160,13 +172,18 @@ def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: 
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = img.shape[:2]
+    if tta and preprocess.resize_mode != "mmcv":
+        raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
+                         f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
     if tta:
         passes = list(_tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
                                   dtype=dtype, ratios=tuple(tta_ratios)))
     else:
-        x = normalize(rescale_uint8(img, tuple(preprocess.resize), backend=backend), preprocess.mean,
-                      preprocess.std, device)
+        x = prepare_input(img, preprocess, backend=backend, device=device)
         passes = [(model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype), False)]
+    if preprocess.logits_interpolation != "bilinear":  # one pass, resized whole (no banded kernel for it)
+        logits = F.interpolate(passes[0][0], size=(h, w), mode=preprocess.logits_interpolation, align_corners=False)
+        return logits[0].softmax(0)
     k = passes[0][0].shape[1]
     out = torch.zeros(k, h, w, device=device)
     for r0, r1 in row_bands(h, w, k, max_bytes):
@@ -241,7 +258,6 @@ def get_transform(model_or_name: nn.Module | str | Preprocess, *, backend: Backe
         pre = resolve_preprocess(model_or_name, None)
 
     def transform(image: Any) -> torch.Tensor:
-        img = rescale_uint8(load_image(image, backend=backend), tuple(pre.resize), backend=backend)
-        return normalize(img, pre.mean, pre.std, device)
+        return prepare_input(load_image(image, backend=backend), pre, backend=backend, device=device)
 
     return transform

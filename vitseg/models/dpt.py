@@ -210,8 +210,9 @@ register_model(ZooEntry(
            "never merged (architecture only)",
     notes="mmsegmentation never released a DPT ViT-L checkpoint: no released version has its config, and "
           "the URL in circulation (dpt_vit-l16_512x512_160k_ade20k-7b753ca6.pth) comes from an unmerged "
-          "draft of PR #605. The official isl-org/DPT ADE20K weights (dpt_large-ade20k-b12dca68.pt) are a "
-          "different model (other key layout, LayerNorm eps, position-table resize and normalization) and "
-          "do not load here. This entry is the architecture alone; train it or load an mmseg-format "
-          "checkpoint of your own.",
+          "draft of PR #605. The DPT authors' own ADE20K ViT-L weights (isl-org/DPT "
+          "dpt_large-ade20k-b12dca68.pt) are the authors' architecture, not this one (LayerNorm eps 1e-6, "
+          "bilinear position-table resize, mean/std 0.5, align_corners=True output up-sampling, their test "
+          "transform): they are the entry dpt_isl_vit_l16_ade20k. This entry is the architecture alone; train "
+          "it or load an mmseg-format checkpoint of your own.",
 ))

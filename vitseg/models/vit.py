@@ -139,8 +139,13 @@ class VisionTransformer(nn.Module):
 
         With ``output_cls_token`` each item is ``(map, cls)`` with ``cls`` of shape (B, C).
         """
+        # (B, C, Hp, Wp), zero padded bottom/right to a multiple of the patch
+        return self.intermediates_from_tokens(self.patch_embed(x), indices)
+
+    def intermediates_from_tokens(self, x: torch.Tensor, indices: Sequence[int] | None = None
+                                  ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`forward_intermediates` after the patch embedding: ``x`` is its (B, C, Hp, Wp) token map."""
         indices = self.out_indices if indices is None else tuple(i % len(self.blocks) for i in indices)
-        x = self.patch_embed(x)  # (B, C, Hp, Wp), zero padded bottom/right to a multiple of the patch
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, C, Hp, Wp) -> (B, N, C)
         pos = self._pos_embed(grid)
