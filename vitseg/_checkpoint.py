@@ -24,7 +24,7 @@ import torch.nn as nn
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
 
-__all__ = ["read_checkpoint", "read_state_dict", "read_class_names", "sniff", "CHECKPOINT_KINDS", "to_vitseg",
+__all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg",
            "load_into", "load_backbone", "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
 
 _logger = logging.getLogger(__name__)
@@ -110,6 +110,23 @@ def _unwrap(obj: Any, name: str) -> dict[str, Any]:
     return tensors
 
 
+def _names_in(meta: Any) -> list[str] | None:
+    """Class names a checkpoint's metadata records: mmseg's ``dataset_meta["classes"]`` / ``CLASSES``, or the
+    JSON ``class_names`` of a vitseg safetensors file."""
+    import json
+
+    names = None
+    if isinstance(meta, Mapping):
+        if isinstance(meta.get("class_names"), str):
+            names = json.loads(meta["class_names"])
+        else:
+            dataset_meta = meta.get("dataset_meta")
+            names = (dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None) or meta.get("CLASSES")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike, *, source: str | None = None) -> dict[str, Any]:
     """The tensors (or, for ``.npz``, arrays) of a checkpoint file, told apart by content, not by name.
 
@@ -117,6 +134,11 @@ def read_checkpoint(path: str | os.PathLike, *, source: str | None = None) -> di
         path: the file.
         source: the URL it was downloaded from, named in messages instead of ``path`` (a temporary file).
     """
+    return _read(path, source)[0]
+
+
+def _read(path: str | os.PathLike, source: str | None = None) -> tuple[dict[str, Any], list[str] | None]:
+    """(tensors, the class names the file records) of a checkpoint file; see :func:`read_checkpoint`."""
     path = os.fspath(path)
     name = f"the file downloaded from {source}" if source else path
     fix = "" if source else " Delete it and download or write it again."
@@ -127,48 +149,27 @@ def read_checkpoint(path: str | os.PathLike, *, source: str | None = None) -> di
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     kind = sniff(path)
     if kind == "safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
         try:
-            return load_file(path)
+            tensors = load_file(path)
+            with safe_open(path, framework="pt") as f:  # the header only
+                return tensors, _names_in(f.metadata())
         except (SafetensorError, OSError) as e:
             raise ValueError(f"Could not read safetensors file {name}: truncated or corrupt ({e}).{fix}"
                              ) from None
     if kind == "torch":
-        return _unwrap(_read_torch(path, name, fix), name)
+        obj = _read_torch(path, name, fix)
+        return _unwrap(obj, name), _names_in(obj.get("meta") if isinstance(obj, Mapping) else None)
     if kind == "npz":
         import numpy as np
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
+                return {k: npz[k] for k in npz.files}, None
         except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise ValueError(f"Could not read {name} as a .npz: truncated or corrupt ({e}).{fix}") from None
     raise ValueError(f"{name} is not a checkpoint: it looks like {kind}. Expected a .safetensors file, a "
                      "torch .pth/.pt or a .npz.")
-
-
-def read_class_names(path: str | os.PathLike) -> list[str] | None:
-    """Class names a checkpoint file records, if any: ``class_names`` in a vitseg safetensors file's metadata,
-    or mmseg's ``meta["dataset_meta"]["classes"]`` / ``meta["CLASSES"]`` in a torch file."""
-    import json
-
-    path = os.fspath(path)
-    kind = sniff(path) if os.path.isfile(path) else None
-    names = None
-    if kind == "safetensors":
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            text = (f.metadata() or {}).get("class_names")
-        names = json.loads(text) if text else None
-    elif kind == "torch":
-        obj = _read_torch(path, path, "")
-        meta = obj.get("meta") if isinstance(obj, Mapping) else None
-        if isinstance(meta, Mapping):
-            dataset_meta = meta.get("dataset_meta")
-            names = (dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None) or meta.get("CLASSES")
-    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
-        return list(names)
-    return None
 
 
 def read_state_dict(path: str | os.PathLike, *, source: str | None = None) -> dict[str, torch.Tensor]:
@@ -279,17 +280,17 @@ def load_backbone(backbone: nn.Module, sd: Mapping[str, torch.Tensor], *, what: 
 
 
 def load_file_into(model: nn.Module, path: str | os.PathLike, *, format: str | None = None,
-                   num_classes: int | None = None) -> CheckpointFormat:
+                   num_classes: int | None = None) -> tuple[CheckpointFormat, list[str] | None]:
     """Read ``path``, convert it and load it into ``model`` (whole model or, for ImageNet formats, its backbone).
 
-    Returns the checkpoint's format.
+    Returns the checkpoint's format and, for whole-model files, the class names the file records (if any).
     """
     what = f"checkpoint {os.fspath(path)}"
     entry = getattr(model, "entry", None)
-    sd, fmt = to_vitseg(read_checkpoint(path), format=format, family=entry.family if entry else None,
-                        what=f"The {what}")
+    tensors, names = _read(path)
+    sd, fmt = to_vitseg(tensors, format=format, family=entry.family if entry else None, what=f"The {what}")
     if fmt.scope == "backbone":
         load_backbone(getattr(model, "backbone", model), sd, what=f"{fmt.name} backbone {what}")
-    else:
-        load_into(model, sd, num_classes=num_classes, what=what)
-    return fmt
+        return fmt, None
+    load_into(model, sd, num_classes=num_classes, what=what)
+    return fmt, names

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import torch.nn as nn
 
 from . import models  # noqa: F401  (importing the families registers the zoo)
-from ._checkpoint import (load_backbone, load_file_into, load_into, read_checkpoint, read_class_names,
-                          read_state_dict, to_vitseg)
+from ._checkpoint import load_backbone, load_file_into, load_into, read_checkpoint, read_state_dict, to_vitseg
 from ._hub import fetch_file, fetch_hf_folder, fetch_weights
 from ._pretrained import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
@@ -88,6 +87,17 @@ def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _load_folder(model: nn.Module, folder: Path, config: dict[str, Any], *, num_classes: int | None,
+                 identity: dict[str, Any]) -> dict[str, Any]:
+    """Load a ``save_pretrained`` folder's weights into ``model``; return ``identity`` completed with the
+    class names, palette and dataset the folder records (when its class count is the model's)."""
+    load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes, what=f"weights in {folder}")
+    saved = read_identity(config)
+    if model.num_classes == len(saved.get("class_names") or ()):
+        return {**saved, **{k: v for k, v in identity.items() if v is not None}}
+    return identity
+
+
 def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any], identity: dict[str, Any]
                  ) -> nn.Module:
     """Build and load a ``save_pretrained`` folder: ``local-dir:/path`` or ``hf-hub:org/repo[@revision]``."""
@@ -99,12 +109,9 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     if num_classes is not None:
         arch["num_classes"] = num_classes
     model = build_from_entry(entry, arch)
-    load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes, what=f"weights in {folder}")
+    identity = _load_folder(model, folder, config, num_classes=num_classes, identity=identity)
     saved = config.get("weights") or {}
     model.weights = next((w for w in entry.weights if w.url == saved.get("url") and w.tag == tag), None)
-    saved_identity = read_identity(config)
-    if model.num_classes == len(saved_identity.get("class_names") or ()):
-        identity = {**saved_identity, **{k: v for k, v in identity.items() if v is not None}}
     set_identity(model, **identity)
     return model
 
@@ -159,16 +166,11 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     model = build_from_entry(entry, arch)
 
     if checkpoint_path is not None and os.path.isdir(checkpoint_path):
+        # a save_pretrained folder: its weights (the model is the one named here)
         folder = Path(checkpoint_path)
-        read_config(folder)  # a save_pretrained folder: its weights (the model is the one named here)
-        load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
-                  what=f"weights in {folder}")
-        saved = read_identity(read_config(folder))
-        if model.num_classes == len(saved.get("class_names") or ()):
-            identity = {**saved, **{k: v for k, v in identity.items() if v is not None}}
+        identity = _load_folder(model, folder, read_config(folder), num_classes=num_classes, identity=identity)
     elif checkpoint_path is not None:
-        fmt = load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
-        names = read_class_names(checkpoint_path) if fmt.scope == "model" else None
+        _, names = load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
         if class_names is None and names is not None and len(names) == model.num_classes:
             identity["class_names"] = names  # what the file says its classes are
     elif weights is not None:
