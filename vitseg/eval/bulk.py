@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .evaluate import _dist_context
+from .evaluate import _dist_context, _pick_device
 from .pipeline import Backend, load_image, rescale_uint8
 from .predict import label_map, resolve_preprocess
 
@@ -145,9 +145,7 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     items = find_images(inputs)
     device = torch.device(device) if device is not None else None
     rank, world, owns_group = _dist_context(device)
-    if device is None:
-        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                  if owns_group and torch.cuda.is_available() else next(model.parameters()).device)
+    device = _pick_device(model, device, owns_group)
     model.to(device).eval()
     mine = items[rank::world]
     todo = [it for it in mine if overwrite or not all(os.path.isfile(p) for p in _outputs(out_dir, it[1], overlay))]

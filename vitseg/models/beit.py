@@ -34,14 +34,14 @@ from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.beit import Block
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341_MIN512, ADE20K_SLIDE_640_S426_MIN640
 from .segmentor import Segmentor
 from .upernet import FCNHead, UPerHead
-from .vit import _linspace, tiny_vit
+from .vit import _linspace, resize_pretrained_pos_embed, tiny_vit
 
 __all__ = ["BEiT", "Feature2Pyramid", "resize_rel_pos_bias_table", "BEIT_B16", "BEIT_L16", "MAE_B16", "UPERNET_BEIT"]
 
@@ -204,12 +204,8 @@ class BEiT(nn.Module):
         for key in list(sd):
             if key.endswith("relative_position_bias_table"):
                 sd[key] = resize_rel_pos_bias_table(sd[key], self.grid_size)
-        pos = sd.get("pos_embed")
-        if pos is not None and self.pos_embed is not None and pos.shape != self.pos_embed.shape:
-            side = math.isqrt(pos.shape[1] - 1)
-            sd["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(self.grid_size), old_size=[side, side],
-                                                     num_prefix_tokens=1, interpolation="bicubic",
-                                                     antialias=False, align_corners=False)
+        if "pos_embed" in sd and self.pos_embed is not None:
+            sd["pos_embed"] = resize_pretrained_pos_embed(sd["pos_embed"], self.grid_size, "bicubic")
         if self.pos_embed is not None:  # MAE from a plain ViT: what pre-training lacks keeps its init
             for key in own:
                 if key.endswith(("gamma_1", "gamma_2", "relative_position_bias_table")) and key not in sd:

@@ -180,12 +180,8 @@ class VisionTransformer(nn.Module):
         source grid is taken as square, as mmseg assumes), and a final norm in the file is ignored when this backbone has
         none (mmseg's non-strict load).
         """
-        pos = sd.get("pos_embed")
-        side = math.isqrt(pos.shape[1] - 1) if pos is not None else 0
-        if pos is not None and side * side == pos.shape[1] - 1 and [side, side] != list(self.grid_size):
-            sd["pos_embed"] = resample_abs_pos_embed(
-                pos, new_size=list(self.grid_size), old_size=[side, side], num_prefix_tokens=1,
-                interpolation=self.pos_embed_interp, antialias=False, align_corners=False)
+        if "pos_embed" in sd:
+            sd["pos_embed"] = resize_pretrained_pos_embed(sd["pos_embed"], self.grid_size, self.pos_embed_interp)
         if isinstance(self.norm, nn.Identity):
             sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
         return sd
@@ -197,6 +193,17 @@ class VisionTransformer(nn.Module):
 def _linspace(end: float, n: int) -> list[float]:
     """``n`` evenly spaced rates from 0 to ``end`` (plain floats, so meta-device builds work)."""
     return [end * i / (n - 1) for i in range(n)] if n > 1 else [0.0] * n
+
+
+def resize_pretrained_pos_embed(pos: torch.Tensor, grid: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """A pretrained ``(1, 1 + s*s, C)`` table resized to ``grid`` (cls row kept, no antialias), as mmseg's
+    ``init_weights`` does; the source grid is taken as square, as mmseg assumes. Other tables are returned as
+    they are (the strict load then names the mismatch)."""
+    side = math.isqrt(pos.shape[1] - 1)
+    if side * side != pos.shape[1] - 1 or [side, side] == list(grid):
+        return pos
+    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=1,
+                                  interpolation=interpolation, antialias=False, align_corners=False)
 
 
 def tiny_vit(backbone: dict[str, Any], *, depth: int, img_size: int | None = None) -> dict[str, Any]:
