@@ -319,6 +319,16 @@ def _read_json(path: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def _intact(path: Path, recorded: str | None) -> bool:
+    """Whether ``path`` still has the SHA-256 recorded when it was written (a warning names it if not)."""
+    actual = sha256_file(path)
+    if actual != recorded:
+        _logger.warning("%s is corrupt: its SHA-256 is %s, not the %s recorded when it was written. Fetching "
+                        "it again.", path, actual, recorded)
+        return False
+    return True
+
+
 def _read_cached(folder: Path, weights: Weights, *, adopt: bool = False) -> dict[str, torch.Tensor] | None:
     """The cached converted weights, checked against the SHA-256 recorded when written; else ``None``.
 
@@ -344,12 +354,7 @@ def _read_cached(folder: Path, weights: Weights, *, adopt: bool = False) -> dict
         write_json(meta, info)
         _logger.info("Recorded the checksum of %s (cached by vitseg %s)", st, info.get("vitseg_version"))
         return sd
-    actual = sha256_file(st)
-    if actual != recorded:
-        _logger.warning("%s is corrupt: its SHA-256 is %s, not the %s recorded when it was written. Fetching "
-                        "the weights again.", st, actual, recorded)
-        return None
-    return read_state_dict(st)
+    return read_state_dict(st) if _intact(st, recorded) else None
 
 
 def _from_hf_hub(weights: Weights) -> dict[str, torch.Tensor] | None:
@@ -463,12 +468,7 @@ def _cached_file(target: Path, url: str, *, adopt: bool) -> bool:
     if info.get("url") != url and not (prefix and str(info.get("sha256", "")).startswith(prefix)):
         _logger.warning("%s was fetched from %s, not %s; fetching again.", target, info.get("url"), url)
         return False
-    actual = sha256_file(target)
-    if actual != info.get("sha256"):
-        _logger.warning("%s is corrupt: its SHA-256 is %s, not the %s recorded when it was written. Fetching "
-                        "it again.", target, actual, info.get("sha256"))
-        return False
-    return True
+    return _intact(target, info.get("sha256"))
 
 
 def fetch_file(path_or_url: str | os.PathLike) -> Path:
