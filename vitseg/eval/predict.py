@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .inference import slide_inference, whole_inference
-from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_input, rescale_uint8,
-                       tta_scales)
+from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_image, prepare_input,
+                       rescale_uint8, tta_scales)
 from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
 
 if TYPE_CHECKING:
@@ -105,27 +105,23 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     if tta and preprocess.resize_mode != "mmcv":
         raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
                          f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
-    if preprocess.resize_mode != "mmcv":
-        if img is None:
-            raise ValueError(f"label_map needs the decoded image (img) for resize_mode={preprocess.resize_mode!r}")
-        x = prepare_input(img, preprocess, backend=backend, device=device)
-        logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
-        del x
-        return resized_argmax(logits, img.shape[:2], max_bytes=max_bytes, mode=preprocess.logits_interpolation)
-    if resized is not None and not tta:
-        if size is None:
-            raise ValueError("label_map(resized=...) needs the original size=(H, W)")
-        h, w = size
-    else:
-        if img is None:
-            raise ValueError("label_map needs the decoded image (img), or resized + size without tta")
-        h, w = img.shape[:2]
-        resized = None if tta else rescale_uint8(img, tuple(preprocess.resize), backend=backend)
     if not tta:
-        x = normalize(resized, preprocess.mean, preprocess.std, device)
+        if resized is not None and preprocess.resize_mode == "mmcv":  # resized by evaluate's workers
+            if size is None:
+                raise ValueError("label_map(resized=...) needs the original size=(H, W)")
+            x = normalize(resized, preprocess.mean, preprocess.std, device)
+        else:
+            if img is None:
+                raise ValueError("label_map needs the decoded image (img), or resized + size for "
+                                 "resize_mode='mmcv' without tta")
+            size = img.shape[:2]
+            x = prepare_input(img, preprocess, backend=backend, device=device)
         logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
         del x
-        return resized_argmax(logits, (h, w), max_bytes=max_bytes, mode=preprocess.logits_interpolation)
+        return resized_argmax(logits, tuple(size), max_bytes=max_bytes, mode=preprocess.logits_interpolation)
+    if img is None:
+        raise ValueError("label_map(tta=True) needs the decoded image (img)")
+    h, w = img.shape[:2]
     passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
                          dtype=dtype, ratios=tuple(tta_ratios))
     first, flip = next(passes)
@@ -258,6 +254,6 @@ def get_transform(model_or_name: nn.Module | str | Preprocess, *, backend: Backe
         pre = resolve_preprocess(model_or_name, None)
 
     def transform(image: Any) -> torch.Tensor:
-        return prepare_input(load_image(image, backend=backend), pre, backend=backend, device=device)
+        return prepare_image(image, pre, backend=backend, device=device)
 
     return transform
