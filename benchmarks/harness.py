@@ -37,7 +37,7 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)  # the checkout's vitseg
 
 from vitseg.timing import (  # noqa: E402
-    DTYPES, count_flops, image_sizes, make_batches, reset_rss_peak, rss_bytes)
+    DTYPES, autocast, count_flops, image_sizes, make_batches, reset_rss_peak, rss_bytes, sync)
 
 __all__ = ["main", "run", "fuse_conv_bn", "set_fused_attention", "image_sizes", "make_batches", "count_flops",
            "MMSEG_CONFIGS", "PUBLISHED_V100_FPS", "GPU_PEAK_TFLOPS", "DTYPES", "autocast", "sync",
@@ -90,18 +90,6 @@ GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
 ]
 
 DEFAULT_MMSEG_PYTHON = os.path.expanduser("~/.cache/vitseg-mmseg-ref/venv/bin/python")
-
-
-def autocast(device: str, dtype: torch.dtype | None):
-    """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------------

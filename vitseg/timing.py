@@ -22,7 +22,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["benchmark", "image_sizes", "make_batches", "count_flops", "rss_bytes", "reset_rss_peak", "DTYPES"]
+__all__ = ["benchmark", "image_sizes", "make_batches", "count_flops", "rss_bytes", "reset_rss_peak", "sync", "autocast",
+           "DTYPES"]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,9 +94,18 @@ def _protocol(model: nn.Module, protocol: str) -> Callable[[torch.Tensor], torch
     return model
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer reads finished work."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16, a no-op context for fp32 (``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def benchmark(model: nn.Module, *, sizes: Sequence[tuple[int, int]] | None = None, images: int = 4,
@@ -138,19 +148,18 @@ def benchmark(model: nn.Module, *, sizes: Sequence[tuple[int, int]] | None = Non
     cpu_batches = make_batches(sizes, batch, seed=seed)
     batches = [x.to(device) for x in cpu_batches]
     fn = _protocol(model, protocol)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     times, base = [], None
     for rep in range(warmup + reps):
         if rep == warmup:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             base = reset_rss_peak()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, dtype):
             for x in batches:
                 fn(x)
-        _sync(device)
+        sync(device)
         if rep >= warmup:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
