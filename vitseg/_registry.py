@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch.nn as nn
 
 from .data import DatasetInfo, Preprocess, dataset_info
+from .recipe import Recipe
 
 __all__ = [
     "Family", "Weights", "ZooEntry", "Rule", "register_model", "unregister_model", "list_models",
@@ -68,6 +69,8 @@ class Weights:
         hf_hub_id: a Hugging Face Hub repo holding the converted weights, tried before ``url``.
         format: the checkpoint format of the file at ``url``, a name of :data:`vitseg.convert.FORMATS`.
         source: the config that trained it.
+        recipe: how this checkpoint was trained, where that differs from the entry's recipe (e.g. an 80k
+            and a 160k schedule of one architecture).
     """
 
     url: str
@@ -77,6 +80,7 @@ class Weights:
     hf_hub_id: str | None = None
     format: str = "mmseg"
     source: str = ""
+    recipe: Recipe | None = None
 
     @property
     def hash_prefix(self) -> str | None:
@@ -103,6 +107,7 @@ class ZooEntry:
         dataset: name of the dataset the head was trained on (see :func:`vitseg.data.dataset_info`).
         source: reference config (and commit).
         notes: anything a user must know, e.g. why no weights exist.
+        recipe: how the source trained it (:class:`vitseg.recipe.Recipe`), for :mod:`vitseg.train`.
     """
 
     name: str
@@ -114,6 +119,7 @@ class ZooEntry:
     dataset: str = "ade20k"
     source: str = ""
     notes: str = ""
+    recipe: Recipe | None = None
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -121,6 +127,8 @@ class ZooEntry:
                              "lower-case words of letters and digits joined by '_'.")
         if not isinstance(self.family, Family):
             raise TypeError(f"{self.name}: family must be a vitseg Family, got {type(self.family).__name__}")
+        if self.recipe is not None and not isinstance(self.recipe, Recipe):
+            raise TypeError(f"{self.name}: recipe must be a vitseg Recipe, got {type(self.recipe).__name__}")
         tags = [w.tag for w in self.weights]
         if len(self.weights) > 1 and (None in tags or len(set(tags)) != len(tags)):
             raise ValueError(f"{self.name}: several checkpoints need distinct tags, got {tags}")
@@ -174,7 +182,9 @@ class ZooEntry:
         d["family"] = self.family.name
         d["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
         d["preprocess"] = dataclasses.asdict(self.preprocess)
-        d["weights"] = [dataclasses.asdict(w) for w in self.weights]
+        d["weights"] = [{**dataclasses.asdict(w), "recipe": w.recipe.to_dict() if w.recipe else None}
+                        for w in self.weights]
+        d["recipe"] = self.recipe.to_dict() if self.recipe is not None else None
         return d
 
 

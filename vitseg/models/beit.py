@@ -39,6 +39,7 @@ from timm.models.beit import Block
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341_MIN512, ADE20K_SLIDE_640_S426_MIN640
+from ..recipe import Recipe
 from .segmentor import Segmentor
 from .upernet import FCNHead, UPerHead
 from .vit import _linspace, resize_pretrained_pos_embed, tiny_vit
@@ -422,6 +423,15 @@ def _arch(size: dict, *, img_size: int, out_indices: tuple[int, ...], init_value
     return dict(backbone=backbone, channels=channels, num_classes=150)
 
 
+def _recipe(cfg: str, *, lr: float, rate: float, num_layers: int, crop: int, **kw: Any) -> Recipe:
+    # mmseg configs/beit/*, configs/mae/*: AdamW (wd 0.05) through LayerDecayOptimizerConstructor (lr scaled
+    # by rate ** (num_layers + 1 - layer id), no decay for 1-D parameters and biases), linear warm-up then
+    # linear decay to 0; 8 GPUs, SyncBN, FCN auxiliary head weighted 0.4.
+    return Recipe(optimizer="adamw", lr=lr, weight_decay=0.05, layer_decay_rate=rate, layer_decay_num_layers=num_layers,
+                  poly_power=1.0, poly_eta_min=0.0, crop_size=(crop, crop), scale=(4 * crop, crop),
+                  source=_CFG.format(cfg), **kw)
+
+
 _FIXED = ("Fixed input grid: mmseg adds the relative position tables{} at the {s}x{s} training size only, "
           "so the model runs on {s}x{s} windows (slide {s}/{t}) and refuses other sizes.")
 
@@ -438,6 +448,8 @@ register_model(ZooEntry(
         source=_CFG.format("beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py")),),
     num_params=161_599_446,
     source=_CFG.format("beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py"),
+    recipe=_recipe("beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py", lr=3e-5, rate=0.9, num_layers=12, crop=640,
+                   warmup_iters=1500, iters=160_000, batch_size=2),
     notes=_FIXED.format("", s=640, t=426),
 ))
 
@@ -454,6 +466,11 @@ register_model(ZooEntry(
         source=_CFG.format("beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py")),),
     num_params=438_872_726,
     source=_CFG.format("beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py"),
+    recipe=_recipe("beit/beit-large_upernet_8xb1-amp-160k_ade20k-640x640.py", lr=2e-5, rate=0.95, num_layers=24,
+                   crop=640, warmup_iters=3000, iters=320_000, poly_end=160_000, batch_size=1, grad_accum=2,
+                   amp="fp16",
+                   notes="As the config is written: the schedule_320k budget (320k iterations, one optimizer step "
+                         "per 2) with a decay that reaches 0 at 160k, so the second half trains at lr 0."),
     notes=_FIXED.format("", s=640, t=426),
 ))
 
@@ -470,5 +487,9 @@ register_model(ZooEntry(
         source=_CFG.format("mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")),),
     num_params=162_068_694,
     source=_CFG.format("mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"),
+    recipe=_recipe("mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py", lr=1e-4, rate=0.65, num_layers=12,
+                   crop=512, warmup_iters=1500, iters=160_000, batch_size=2, amp="fp16",
+                   notes="fp16 as the released checkpoint was trained (mmseg 0.x fp16 config; 1.2.2's config keeps "
+                         "the 0.x 'fp16' key, which 1.x ignores unless run with --amp)."),
     notes=_FIXED.format(" and the absolute position table", s=512, t=341),
 ))

@@ -9,6 +9,7 @@ identity for the head.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_WHOLE_512
 from ..layers import conv_bn, plain_conv
+from ..recipe import ADAMW_VIT
 from .segmentor import Segmentor
 from .vit import VIT_B16, VIT_L16, VisionTransformer, tiny_vit
 
@@ -184,6 +186,11 @@ def _backbone(size: dict, img_size: int, out_indices: tuple[int, ...]) -> dict:
                 output_cls_token=True)
 
 
+# mmseg configs/dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py: the ViT AdamW recipe (6e-5, wd 0.01, no decay for
+# 'pos_embed', 'cls_token', 'norm' by mmseg name, 1500 warm-up iterations, linear decay), 8 GPUs x 2, SyncBN.
+_RECIPE = dataclasses.replace(ADAMW_VIT, iters=160_000, batch_size=2,
+                              source=_CFG.format("dpt_vit-b16_8xb2-160k_ade20k-512x512.py"))
+
 register_model(ZooEntry(
     name="dpt_vit_b16_ade20k",
     family=DPT,
@@ -196,6 +203,7 @@ register_model(ZooEntry(
         source=_CFG.format("dpt_vit-b16_8xb2-160k_ade20k-512x512.py")),),
     num_params=109_705_046,
     source=_CFG.format("dpt_vit-b16_8xb2-160k_ade20k-512x512.py"),
+    recipe=_RECIPE,
 ))
 
 register_model(ZooEntry(
@@ -208,6 +216,7 @@ register_model(ZooEntry(
     num_params=342_148_758,
     source="draft of open-mmlab/mmsegmentation PR #605 (configs/dpt/dpt_vit-l16_512x512_160k_ade20k.py), "
            "never merged (architecture only)",
+    recipe=dataclasses.replace(_RECIPE, notes="No released config: the ViT-B/16 recipe (a documented default)."),
     notes="mmsegmentation never released a DPT ViT-L checkpoint: no released version has its config, and "
           "the URL in circulation (dpt_vit-l16_512x512_160k_ade20k-7b753ca6.pth) comes from an unmerged "
           "draft of PR #605. The DPT authors' own ADE20K ViT-L weights (isl-org/DPT "

@@ -40,6 +40,7 @@ from timm.models.resnetv2 import ResNetV2
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_DPT_480
 from ..layers import conv_bn, plain_conv
+from ..recipe import Recipe
 from .dpt import FeatureFusionBlock
 from .segmentor import Segmentor, check_image_tensor
 from .vit import VIT_B16, VIT_L16, VisionTransformer, tiny_vit
@@ -292,6 +293,20 @@ def _backbone(size: dict, out_indices: tuple[int, ...], **extra: Any) -> dict:
 _PAPER = ("Ranftl et al., ICCV 2021 (arXiv:2103.13413), ADE20K validation results; the repository README "
           "gives no figures")
 
+# The paper's ADE20K training (Ranftl et al., ICCV 2021, section 4.2; the repository has no training code):
+# SGD, momentum 0.9, lr 0.002, polynomial decay (power 0.9), batch 48, 480 crops of images rescaled from 520
+# by 0.5-2.0 with horizontal flips, 240 epochs (about 101k iterations of 48 of the 20,210 training images).
+_RECIPE = Recipe(
+    optimizer="sgd", lr=0.002, weight_decay=1e-4, momentum=0.9, poly_power=0.9, poly_eta_min=0.0,
+    iters=101_050, batch_size=6, num_gpus=8, crop_size=(480, 480), scale=(2080, 520), cat_max_ratio=1.0,
+    photometric=False, aux_loss_weight=0.2,
+    source="Ranftl et al., ICCV 2021 (arXiv:2103.13413), section 4.2",
+    notes="From the paper's text, not from a released config. The paper gives no weight decay: 1e-4 is the "
+          "default of the protocol it follows (Zhang et al.'s PyTorch-Encoding); its GPU split of the batch of "
+          "48 is not given (8 x 6 here). Its auxiliary head on the penultimate fusion block (loss weight 0.2) is "
+          "not part of the released model, so training here uses the decode loss only.",
+)
+
 register_model(ZooEntry(
     name="dpt_isl_vit_hybrid_b16_ade20k",
     family=DPT_ISL,
@@ -306,6 +321,7 @@ register_model(ZooEntry(
         source=f"{_SOURCE}; mIoU: {_PAPER} (DPT-Hybrid, also the abstract's 49.02)"),),
     num_params=121_496_790,
     source=_SOURCE,
+    recipe=_RECIPE,
     notes="The DPT authors' own ADE20K model (isl-org/DPT, MIT licence): ViT-B/16 on a ResNet-50 stem with "
           "timm 0.4.5's weight standardization. Test protocol of run_segmentation.py: resize to 480 keeping "
           "the aspect ratio (multiple of 32), bicubic in float64, mean/std 0.5, logits resized bicubically. "
@@ -325,6 +341,7 @@ register_model(ZooEntry(
         source=f"{_SOURCE}; mIoU: {_PAPER} (DPT-Large)"),),
     num_params=342_148_758,
     source=_SOURCE,
+    recipe=_RECIPE,
     notes="The DPT authors' own ADE20K model (isl-org/DPT, MIT licence), not mmseg's DPT (see "
           "dpt_vit_l16_ade20k): LayerNorm eps 1e-6, bilinear position-table resize, mean/std 0.5, "
           "align_corners=True output up-sampling. Hugging Face's Intel/dpt-large-ade (a conversion of the "

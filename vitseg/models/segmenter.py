@@ -8,6 +8,7 @@ v1.2.2 (``configs/segmenter/``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from functools import partial
 from typing import Literal
 
@@ -19,6 +20,7 @@ from timm.models.vision_transformer import Block
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512, ADE20K_SLIDE_640
+from ..recipe import SGD_POLY, Recipe
 from .segmentor import Segmentor
 from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, _linspace, tiny_vit
 
@@ -142,6 +144,13 @@ def _backbone(size: dict, img_size: int = 512) -> dict:
     return dict(size, img_size=img_size, out_indices=(-1,), final_norm=True, norm_eps=1e-6, drop_path_rate=0.1)
 
 
+def _recipe(cfg: str, *, crop: int = 512) -> Recipe:
+    # mmseg configs/segmenter/*: schedule_160k's SGD (momentum 0.9) and poly decay (power 0.9, to 1e-4) at lr
+    # 0.001 without weight decay, 8 GPUs x 1 image; no BatchNorm, no auxiliary head.
+    return dataclasses.replace(SGD_POLY, lr=0.001, weight_decay=0.0, batch_size=1, sync_bn=False,
+                               crop_size=(crop, crop), scale=(4 * crop, crop), source=_CFG.format(cfg))
+
+
 def _weights(path: str, miou: float, ms: float, tag: str | None = None, cfg: str = "") -> Weights:
     return Weights(url=f"{_MMSEG}/{path}", metrics={"mIoU": miou, "mIoU_ms_flip": ms}, tag=tag,
                    source=_CFG.format(cfg))
@@ -158,6 +167,7 @@ register_model(ZooEntry(
         39.99, 40.83, cfg="segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=6_713_388,
     source=_CFG.format("segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),
+    recipe=_recipe("segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -171,6 +181,7 @@ register_model(ZooEntry(
         45.75, 46.82, cfg="segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),),
     num_params=22_041_366,
     source=_CFG.format("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
+    recipe=_recipe("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -184,6 +195,7 @@ register_model(ZooEntry(
         46.19, 47.85, cfg="segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=26_033_964,
     source=_CFG.format("segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),
+    recipe=_recipe("segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -197,6 +209,7 @@ register_model(ZooEntry(
         49.60, 51.07, cfg="segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=102_497_580,
     source=_CFG.format("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),
+    recipe=_recipe("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -217,6 +230,7 @@ register_model(ZooEntry(
     ),
     num_params=333_234_476,
     source=_CFG.format("segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py"),
+    recipe=_recipe("segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py", crop=640),
     notes="Crop 640, stride 608, test scale (2560, 640).",
 ))
 
@@ -228,6 +242,8 @@ register_model(ZooEntry(
     weights=(),
     num_params=86_434_560 + 768 * 150 + 150,
     source="segmenter_vit-s_fcn config scaled to ViT-B (architecture only)",
+    recipe=dataclasses.replace(_recipe("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
+                               notes="No config of its own: the ViT-S linear recipe (a documented default)."),
     notes="mmsegmentation never released a ViT-B linear Segmenter checkpoint (the config existed only "
           "on a pull-request branch); this entry is the architecture alone.",
 ))

@@ -20,6 +20,7 @@ What follows mmseg for parity:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import torch
@@ -30,6 +31,7 @@ from timm.layers import LayerNorm2d
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341
 from ..layers import conv_bn
+from ..recipe import SGD_POLY, ParamRule, Recipe
 from .segmentor import Segmentor
 from .vit import VIT_L16, VisionTransformer, tiny_vit
 
@@ -240,10 +242,25 @@ def _backbone(out_indices: tuple[int, ...], *, with_cls_token: bool) -> dict:
                 drop_path_rate=0.0, pos_embed_interp="bilinear", with_cls_token=with_cls_token)
 
 
-def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, tag: str | None = None) -> Weights:
+def _recipe(cfg: str, *, lr: float, batch_size: int) -> Recipe:
+    # mmseg configs/setr/*: schedule_160k's SGD (momentum 0.9) and poly decay (power 0.9, to 1e-4) with the
+    # config's lr and no weight decay; every parameter whose mmseg name contains 'head' (decode and auxiliary
+    # heads) at 10x the lr; 8 GPUs, SyncBN, each auxiliary head weighted 0.4.
+    return dataclasses.replace(SGD_POLY, lr=lr, weight_decay=0.0, custom_keys={"head": ParamRule(lr_mult=10.0)},
+                               batch_size=batch_size, source=_CFG.format(cfg))
+
+
+def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, recipe: Recipe,
+             tag: str | None = None) -> Weights:
     # ``run`` is the 0.x config name, which is also the folder and the file-name stem.
     return Weights(url=f"{_MMSEG}/{run}/{run}_{stamp}.pth", metrics={"mIoU": miou, "mIoU_ms_flip": ms},
-                   tag=tag, source=_CFG.format(cfg))
+                   tag=tag, source=_CFG.format(cfg), recipe=recipe)
+
+
+_NAIVE = _recipe("setr_vit-l_naive_8xb2-160k_ade20k-512x512.py", lr=0.01, batch_size=2)
+_PUP = _recipe("setr_vit-l_pup_8xb2-160k_ade20k-512x512.py", lr=0.001, batch_size=2)
+_MLA_BS8 = _recipe("setr_vit-l-mla_8xb1-160k_ade20k-512x512.py", lr=0.001, batch_size=1)
+_MLA_BS16 = _recipe("setr_vit-l_mla_8xb2-160k_ade20k-512x512.py", lr=0.001, batch_size=2)
 
 
 register_model(ZooEntry(
@@ -253,9 +270,10 @@ register_model(ZooEntry(
               num_classes=150),
     preprocess=ADE20K_SLIDE_512_S341,
     weights=(_weights("setr_naive_512x512_160k_b16_ade20k", "20210619_191258-061f24f5", 48.28, 49.56,
-                      "setr_vit-l_naive_8xb2-160k_ade20k-512x512.py"),),
+                      "setr_vit-l_naive_8xb2-160k_ade20k-512x512.py", _NAIVE),),
     num_params=304_450_710,
     source=_CFG.format("setr_vit-l_naive_8xb2-160k_ade20k-512x512.py"),
+    recipe=_NAIVE,
 ))
 
 register_model(ZooEntry(
@@ -265,9 +283,10 @@ register_model(ZooEntry(
               num_classes=150),
     preprocess=ADE20K_SLIDE_512_S341,
     weights=(_weights("setr_pup_512x512_160k_b16_ade20k", "20210619_191343-7e0ce826", 48.24, 49.99,
-                      "setr_vit-l_pup_8xb2-160k_ade20k-512x512.py"),),
+                      "setr_vit-l_pup_8xb2-160k_ade20k-512x512.py", _PUP),),
     num_params=308_318_870,
     source=_CFG.format("setr_vit-l_pup_8xb2-160k_ade20k-512x512.py"),
+    recipe=_PUP,
 ))
 
 register_model(ZooEntry(
@@ -278,11 +297,12 @@ register_model(ZooEntry(
     preprocess=ADE20K_SLIDE_512_S341,
     weights=(
         _weights("setr_mla_512x512_160k_b8_ade20k", "20210619_191118-c6d21df0", 47.34, 49.05,
-                 "setr_vit-l-mla_8xb1-160k_ade20k-512x512.py", tag="bs8"),
+                 "setr_vit-l-mla_8xb1-160k_ade20k-512x512.py", _MLA_BS8, tag="bs8"),
         _weights("setr_mla_512x512_160k_b16_ade20k", "20210619_191057-f9741de7", 47.39, 49.37,
-                 "setr_vit-l_mla_8xb2-160k_ade20k-512x512.py", tag="bs16"),
+                 "setr_vit-l_mla_8xb2-160k_ade20k-512x512.py", _MLA_BS16, tag="bs16"),
     ),
     num_params=309_416_086,  # the unused cls token (1024) included, as mmseg counts it
     source=_CFG.format("setr_vit-l-mla_8xb1-160k_ade20k-512x512.py"),
+    recipe=_MLA_BS8,
     notes="The backbone runs without the cls token; its parameter is kept, frozen, for checkpoint compatibility.",
 ))

@@ -8,6 +8,7 @@ CVPR 2021. Reference implementation (the weights below were trained with it):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_WHOLE_512
 from ..layers import conv_bn
+from ..recipe import ADAMW_VIT, Recipe
 from .neck import MultiLevelNeck
 from .segmentor import Segmentor, resize_to
 from .vit import VIT_B16, VIT_S16, VisionTransformer, tiny_vit
@@ -186,10 +188,25 @@ def _backbone(size: dict, *, final_norm: bool, drop_path_rate: float) -> dict:
                 drop_path_rate=drop_path_rate)
 
 
+def _recipe(cfg: str) -> Recipe:
+    # mmseg configs/vit/*: AdamW 6e-5, wd 0.01, decay_mult 0 for 'pos_embed', 'cls_token' and 'norm' (mmseg
+    # names: the ViT's LayerNorms are 'ln1' / 'ln2', so 'norm' matches none of them), 1500 warm-up iterations,
+    # linear decay to 0 at the end of the schedule in the config's name; 8 GPUs x 2 images, SyncBN, FCN
+    # auxiliary head weighted 0.4.
+    iters = 80_000 if "-80k_" in cfg else 160_000
+    notes = ""
+    if cfg == "vit_deit-s16_upernet_8xb2-160k_ade20k-512x512.py":
+        # Its _base_ is the 80k config, so mmseg 1.2.2 would train it for 80k iterations; the released file
+        # came from 0.x's upernet_deit-s16_512x512_160k_ade20k.py, based on the 160k ViT-B config.
+        notes = ("160k iterations, as the released checkpoint was trained (mmseg 0.x config); mmseg 1.2.2's "
+                 "config of this name inherits the 80k schedule from its _base_.")
+    return dataclasses.replace(ADAMW_VIT, iters=iters, batch_size=2, source=_CFG.format(cfg), notes=notes)
+
+
 def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, tag: str | None = None) -> Weights:
     # ``run`` is the 0.x config name, which is also the folder and the file-name stem.
     return Weights(url=f"{_MMSEG}/{run}/{run}_{stamp}.pth", metrics={"mIoU": miou, "mIoU_ms_flip": ms},
-                   tag=tag, source=_CFG.format(cfg))
+                   tag=tag, source=_CFG.format(cfg), recipe=_recipe(cfg))
 
 
 def _arch(size: dict, *, neck: bool, final_norm: bool, drop_path_rate: float) -> dict:
@@ -213,6 +230,7 @@ register_model(ZooEntry(
     ),
     num_params=142_365_078,
     source=_CFG.format("vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py"),
+    recipe=_recipe("vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -224,6 +242,7 @@ register_model(ZooEntry(
                       "vit_vit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),),
     num_params=142_366_614,
     source=_CFG.format("vit_vit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
+    recipe=_recipe("vit_vit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -239,6 +258,7 @@ register_model(ZooEntry(
     ),
     num_params=51_170_070,
     source=_CFG.format("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py"),
     notes=_NO_NECK,
 ))
 
@@ -251,6 +271,7 @@ register_model(ZooEntry(
                       "vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py"),),
     num_params=57_071_382,
     source=_CFG.format("vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -262,6 +283,7 @@ register_model(ZooEntry(
                       "vit_deit-s16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),),
     num_params=57_072_150,
     source=_CFG.format("vit_deit-s16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-s16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -277,6 +299,7 @@ register_model(ZooEntry(
     ),
     num_params=118_765_974,
     source=_CFG.format("vit_deit-b16_upernet_8xb2-80k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-b16_upernet_8xb2-80k_ade20k-512x512.py"),
     notes=_NO_NECK,
 ))
 
@@ -289,6 +312,7 @@ register_model(ZooEntry(
                       "vit_deit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py"),),
     num_params=142_365_078,
     source=_CFG.format("vit_deit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
 ))
 
 register_model(ZooEntry(
@@ -300,4 +324,5 @@ register_model(ZooEntry(
                       "vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),),
     num_params=142_366_614,
     source=_CFG.format("vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
+    recipe=_recipe("vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py"),
 ))
