@@ -4,6 +4,7 @@ Runs in the mmseg reference venv (never in vitseg's), after ``tools/make_fixture
 checkpoints it reuses:
 
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_train_fixtures.py
+    ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_train_fixtures.py --full DIR [--only NAMES]  # not committed
 
 It writes, under ``tests/fixtures/train/``:
 
@@ -17,11 +18,17 @@ It writes, under ``tests/fixtures/train/``:
   (``model.loss`` + ``parse_losses``), every parameter's gradient, and every parameter after one
   optimizer step at the constructed learning rates.
 
+With ``--full DIR`` the same step runs on every full-size zoo config (random weights, 2 images at 128x128,
+or at the training size for the fixed-grid BEiT / MAE models) and writes the checkpoint, the complete
+parameter settings and loss terms, and per-tensor summaries of the gradients and updated parameters
+(norm, sum and the first 256 values) to DIR, for ``tests/test_train_parity_full.py``.
+
 Dropout and stochastic depth are switched off (``p = 0``) on both sides so that one forward is
 deterministic; BatchNorm runs in training mode (batch statistics), as in training.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -32,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmcv_ext_stub  # noqa: E402,F401  (must come before mmcv / mmseg)
 
 import torch  # noqa: E402
-from make_fixtures import CONFIGS, FIXTURES, OUT, build_mmseg  # noqa: E402
+from make_fixtures import CONFIGS, FIXTURES, FULL, OUT, build_mmseg  # noqa: E402
+from random_weights import randomize  # noqa: E402
 from mmengine import Config  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import PARAM_SCHEDULERS  # noqa: E402
@@ -126,16 +134,20 @@ def _no_dropout(model: torch.nn.Module) -> None:
             m.drop_prob = 0.0
 
 
-def train_step(name: str, spec: dict, manifest_entry: dict) -> dict:
-    """One mmseg training step of a tiny parity checkpoint, recorded."""
-    model = build_mmseg(spec["config"], spec["tiny"])
-    ckpt = torch.load(os.path.join(OUT, manifest_entry["checkpoint"]), weights_only=False)
-    model.load_state_dict(ckpt["state_dict"])
+def _summary(t: torch.Tensor) -> torch.Tensor:
+    """norm, sum and the first 256 values of a tensor (float64), to check a full-size tensor cheaply."""
+    flat = t.detach().double().flatten()
+    return torch.cat([flat.norm().view(1), flat.sum().view(1), flat[:256]])
+
+
+def train_step(name: str, config: str, model: torch.nn.Module, shape: tuple[int, int], out_dir: str,
+               summaries: bool = False) -> dict:
+    """One mmseg training step of ``model`` (built from ``config``), recorded."""
     _no_dropout(model)
     model.train()
     seed = zlib.crc32(("train/" + name).encode()) % 100_000
     g = torch.Generator().manual_seed(seed)
-    b, h, w = 2, *manifest_entry["cases"][0]["shape"][1:]
+    b, (h, w) = 2, shape
     images = torch.randn(b, 3, h, w, generator=g)
     num_classes = model.decode_head.num_classes
     labels = torch.randint(0, num_classes, (b, h, w), generator=g)
@@ -149,7 +161,7 @@ def train_step(name: str, spec: dict, manifest_entry: dict) -> dict:
         s.gt_sem_seg = PixelData(data=labels[i:i + 1])
         samples.append(s)
 
-    cfg = Config.fromfile(os.path.join(CONFIGS, spec["config"]))
+    cfg = Config.fromfile(os.path.join(CONFIGS, config))
     ow_cfg = copy.deepcopy(cfg.optim_wrapper.to_dict())
     ow_cfg["type"] = "OptimWrapper"  # AmpOptimWrapper needs CUDA; its parameter rules are the same
     for key in ("loss_scale", "dtype", "accumulative_counts"):
@@ -162,37 +174,75 @@ def train_step(name: str, spec: dict, manifest_entry: dict) -> dict:
     losses = model.loss(images, samples)
     total, log_vars = model.parse_losses(losses)
     total.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    keep = _summary if summaries else (lambda t: t.detach().clone())
+    grads = {n: keep(p.grad) for n, p in model.named_parameters() if p.grad is not None}
     optim_wrapper.step()
-    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after = {n: keep(p) for n, p in model.named_parameters()}
     assert not mmcv_ext_stub.STUB_CALLS, mmcv_ext_stub.STUB_CALLS
-    overrides = dict(manifest_entry["overrides"])
-    aux = spec["tiny"].get("auxiliary_head")
-    if isinstance(aux, dict) and "channels" in aux:  # the FCN auxiliary head's width (UPerNet, BEiT, MAE)
-        overrides["aux_channels"] = aux["channels"]
-    out = dict(config=spec["config"], model=manifest_entry["model"], checkpoint=manifest_entry["checkpoint"],
-               overrides=overrides, images=images, labels=labels, settings=settings,
-               losses={k: float(v) for k, v in log_vars.items()}, grads=grads, after=after)
-    torch.save(out, os.path.join(TRAIN_OUT, f"{name}.pt"))
+    out = dict(config=config, images=images, labels=labels, settings=settings,
+               losses={k: float(v) for k, v in log_vars.items()}, grads=grads, after=after, summaries=summaries)
     print(f"  {name}: loss {float(total):.4f} ({', '.join(k for k in log_vars if 'loss' in k)}), "
           f"{len(settings)} parameters in {len(optim_wrapper.optimizer.param_groups)} groups")
     return out
 
 
-def main() -> None:
+def tiny_step(name: str, spec: dict, manifest_entry: dict) -> None:
+    """One step of a tiny parity checkpoint (``tests/fixtures/<name>.pth``) -> ``tests/fixtures/train/<name>.pt``."""
+    model = build_mmseg(spec["config"], spec["tiny"])
+    ckpt = torch.load(os.path.join(OUT, manifest_entry["checkpoint"]), weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    out = train_step(name, spec["config"], model, tuple(manifest_entry["cases"][0]["shape"][1:]), TRAIN_OUT)
+    overrides = dict(manifest_entry["overrides"])
+    aux = spec["tiny"].get("auxiliary_head")
+    if isinstance(aux, dict) and "channels" in aux:  # the FCN auxiliary head's width (UPerNet, BEiT, MAE)
+        overrides["aux_channels"] = aux["channels"]
+    out.update(model=manifest_entry["model"], checkpoint=manifest_entry["checkpoint"], overrides=overrides)
+    torch.save(out, os.path.join(TRAIN_OUT, f"{name}.pt"))
+
+
+def full_step(name: str, spec: dict, out_dir: str) -> dict:
+    """One step of a full-size zoo config with random weights -> ``DIR/<name>.pt`` + ``DIR/<name>.pth``."""
+    model = build_mmseg(spec["config"], None)
+    randomize(model, zlib.crc32(name.encode()) % 100_000)
+    torch.save(dict(state_dict=model.state_dict()), os.path.join(out_dir, f"{name}.pth"))
+    fixed = {"beit": (640, 640), "mae": (512, 512)}.get(spec["config"].split("/")[0], (128, 128))
+    out = train_step(name, spec["config"], model, fixed, out_dir, summaries=True)
+    out.update(model=spec["model"], checkpoint=f"{name}.pth", overrides={})
+    torch.save(out, os.path.join(out_dir, f"{name}.pt"))
+    return dict(model=spec["model"], checkpoint=f"{name}.pth", step=f"{name}.pt", config=spec["config"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", metavar="DIR", help="full-size steps into DIR (not committed)")
+    parser.add_argument("--only", nargs="*", help="fixture names to (re)make")
+    args = parser.parse_args(argv)
     register_all_modules()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.full:
+        os.makedirs(args.full, exist_ok=True)
+        path = os.path.join(args.full, "train_manifest.json")
+        manifest = json.load(open(path)) if os.path.exists(path) else {}
+        for name, spec in sorted(FULL.items()):
+            if not args.only or name in args.only:
+                print(f"{name} ({spec['config']})")
+                manifest[name] = full_step(name, spec, args.full)
+                with open(path, "w") as f:
+                    json.dump(manifest, f, indent=1, sort_keys=True)
+        return
     os.makedirs(TRAIN_OUT, exist_ok=True)
-    facts = {}
-    for config in RECIPE_CONFIGS:
-        print(config)
-        facts[config] = recipe_facts(config)
-    with open(os.path.join(TRAIN_OUT, "recipes.json"), "w") as f:
-        json.dump(facts, f, indent=1, sort_keys=True)
+    if not args.only:
+        facts = {}
+        for config in RECIPE_CONFIGS:
+            print(config)
+            facts[config] = recipe_facts(config)
+        with open(os.path.join(TRAIN_OUT, "recipes.json"), "w") as f:
+            json.dump(facts, f, indent=1, sort_keys=True)
     with open(os.path.join(OUT, "manifest.json")) as f:
         manifest = json.load(f)
     for name, spec in sorted(FIXTURES.items()):
-        train_step(name, spec, manifest[name])
+        if not args.only or name in args.only:
+            tiny_step(name, spec, manifest[name])
 
 
 if __name__ == "__main__":
