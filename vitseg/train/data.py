@@ -1,0 +1,144 @@
+"""Training data: a dataset reader (:mod:`vitseg.eval.datasets`) behind the train pipeline, indexed by
+``(index, seed)`` so that the sampler decides the order and each sample's augmentation.
+
+Label values are checked: a value that is neither a class index nor the ignore index would otherwise reach
+the loss as a CUDA assertion (or silently wrong gradients). :func:`check_labels` scans every label file once
+before training starts; :class:`TrainDataset` checks each sample again as it is read.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..eval.datasets import FolderDataset, load_label
+from .transforms import TrainPipeline
+
+__all__ = ["TrainDataset", "check_labels", "check_label_values"]
+
+
+def _label_values(label: np.ndarray) -> np.ndarray:
+    """The distinct values of a label map (bincount when they are small non-negative ints: much faster)."""
+    if label.size and label.dtype.kind in "iu" and 0 <= label.min() and label.max() < 1 << 16:
+        return np.flatnonzero(np.bincount(label.ravel()))
+    return np.unique(label)
+
+
+def _out_of_range(values: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    return values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
+
+
+def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_index: int, *,
+                       reduce_zero_label: bool = False, more_files: int = 0) -> None:
+    """Raise ``ValueError`` naming ``where`` if ``values`` hold anything but ``0..num_classes-1`` and ``ignore_index``.
+
+    Args:
+        values: label values (any shape; a label map or its distinct values).
+        where: the label file (or item) the values come from, for the message.
+        num_classes: the model's class count.
+        ignore_index: the "not labelled" value.
+        reduce_zero_label: whether the labels were read with ADE20K's rule (for the hint).
+        more_files: how many other files have bad values (for the message).
+    """
+    values = np.unique(np.asarray(values))
+    bad = _out_of_range(values, num_classes, ignore_index)
+    if not bad.size:
+        return
+    shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+    hints = []
+    if not reduce_zero_label and bad.max() == num_classes and 0 in values:
+        hints.append("if 0 means 'unlabelled' and classes start at 1 (as in ADE20K), read the labels with "
+                     "reduce_zero_label=True (--reduce-zero-label)")
+    if bad.max() >= num_classes:
+        hints.append(f"if the data has {int(bad.max()) + 1} classes, train with num_classes={int(bad.max()) + 1} "
+                     f"(--num-classes {int(bad.max()) + 1})")
+    if bad.min() < 0:
+        hints.append("labels must be class indices >= 0")
+    more = f" ({more_files} more label files have values out of range)" if more_files else ""
+    hint = "; ".join(hints)
+    raise ValueError(f"Label {where} has value(s) {shown} outside the {num_classes} classes (0..{num_classes - 1}, "
+                     f"and {ignore_index} for 'not labelled'){more}. {hint[:1].upper()}{hint[1:]}.")
+
+
+def _label_file(dataset: FolderDataset, index: int) -> str:
+    return dataset._label_path(dataset.images[index])  # FolderDataset's own same-stem rule
+
+
+def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, workers: int = 8) -> None:
+    """Scan every label of ``dataset`` once and raise the :func:`check_label_values` error on a bad value.
+
+    A :class:`~vitseg.eval.datasets.FolderDataset` is scanned from its label files alone (read as its items
+    read them, in ``workers`` threads); any other dataset item by item (``item["label"]``).
+    """
+    if isinstance(dataset, FolderDataset):
+        def values(index: int) -> tuple[str, np.ndarray]:
+            path = _label_file(dataset, index)
+            label = load_label(path, reduce_zero_label=dataset.reduce_zero_label, label_map=dataset.label_map,
+                               ignore_index=dataset.ignore_index)
+            return path, _label_values(label)
+
+        with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
+            found = list(pool.map(values, range(len(dataset))))
+        reduce_zero_label = dataset.reduce_zero_label
+    else:
+        found = [(_item_name(item, i), _label_values(np.asarray(item["label"])))
+                 for i, item in enumerate(_items(dataset))]
+        reduce_zero_label = bool(getattr(dataset, "reduce_zero_label", False))
+    bad = [(path, v) for path, v in found if _out_of_range(v, num_classes, ignore_index).size]
+    if bad:
+        check_label_values(bad[0][1], bad[0][0], num_classes, ignore_index,
+                           reduce_zero_label=reduce_zero_label, more_files=len(bad) - 1)
+
+
+def _items(dataset: Any) -> Iterator[Any]:
+    for i in range(len(dataset)):
+        yield dataset[i]
+
+
+def _item_name(item: Any, index: int) -> str:
+    return str(item.get("label_path") or item.get("path") or f"#{index}") if isinstance(item, dict) else f"#{index}"
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """A dataset reader behind a :class:`~vitseg.train.transforms.TrainPipeline`, read by ``(index, seed)`` keys.
+
+    ``dataset[(index, seed)]`` reads item ``index`` (``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64}``),
+    checks its label values and augments it with ``numpy.random.default_rng(seed)``: the same key gives the
+    same sample in any worker, process or resumed run.
+
+    Args:
+        dataset: a reader such as ``vitseg.eval.datasets.open_dataset("ade20k", root, "training")``.
+        pipeline: the train pipeline.
+        num_classes: the class count labels are checked against (default: ``dataset.num_classes``; ``None``
+            there too: not checked).
+    """
+
+    def __init__(self, dataset: Any, pipeline: TrainPipeline, *, num_classes: int | None = None) -> None:
+        self.dataset, self.pipeline = dataset, pipeline
+        self.num_classes = num_classes if num_classes is not None else getattr(dataset, "num_classes", None)
+        data_ignore = getattr(dataset, "ignore_index", pipeline.ignore_index)
+        if data_ignore != pipeline.ignore_index:
+            raise ValueError(f"The dataset marks unlabelled pixels with {data_ignore} but the pipeline ignores "
+                             f"{pipeline.ignore_index}; use the same ignore_index for both.")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise TypeError(f"TrainDataset is indexed by (index, seed) pairs, got {key!r}; use a sampler that "
+                            "yields them (vitseg.train.loop.InfiniteSampler).")
+        index, seed = key
+        item = self.dataset[int(index)]
+        label = np.asarray(item["label"])
+        if self.num_classes is not None:
+            check_label_values(_label_values(label), _item_name(item, int(index)), self.num_classes,
+                               self.pipeline.ignore_index,
+                               reduce_zero_label=bool(getattr(self.dataset, "reduce_zero_label", False)))
+        return self.pipeline(item["img"], label, np.random.default_rng(seed))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dataset!r}, {self.pipeline!r})"
