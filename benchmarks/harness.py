@@ -223,8 +223,8 @@ class _MmsegRunner:
         if not os.path.isfile(worker):
             raise FileNotFoundError(f"{worker} not found: --against-mmseg needs a vitseg source checkout")
         if not os.path.isfile(python):
-            raise FileNotFoundError(f"mmseg venv python {python} not found: run ../shared/mmseg-reference/"
-                                    "setup.sh or pass --mmseg-python")
+            raise FileNotFoundError(f"mmseg venv python {python} not found: run bash "
+                                    "tools/setup_mmseg_reference.sh or pass --mmseg-python")
         self.proc = subprocess.Popen([python, worker, json.dumps(spec)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self._read()

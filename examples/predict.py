@@ -4,7 +4,7 @@
     python examples/predict.py --checkpoint model.safetensors    # your converted weights
     python examples/predict.py --pretrained                      # downloads the released weights
 
-Writes ``<out>/<stem>_labels.png`` (one byte per pixel: the ADE20K class index) and
+Writes ``<out>/<stem>_labels.png`` (one byte per pixel: the class index) and
 ``<out>/<stem>_overlay.png`` (the prediction blended over the photo, with a legend).
 With the default tiny random-weight model the picture is noise: it exercises the pipeline only.
 """
@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--image", default=os.path.join(HERE, "data", "astronaut.jpg"))
     p.add_argument("--model", default="segmenter_mask_vit_t16_ade20k", help="a name from vitseg.list_models()")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="a vitseg .safetensors file or an original mmseg .pth")
+    g.add_argument("--checkpoint", help="a vitseg .safetensors file, an original mmseg .pth, or a fine-tune of "
+                                        "--model (file or save_pretrained folder; its classes come along)")
     g.add_argument("--pretrained", action="store_true", help="download the entry's released weights")
     p.add_argument("--out", default="predict-out", help="output folder")
     args = p.parse_args()
@@ -40,7 +41,8 @@ def main() -> None:
     else:
         print(f"No --checkpoint or --pretrained: using a tiny random-weight {args.model}.")
         model = vitseg.create_model(args.model, **vitseg.tiny_overrides(args.model))
-    entry = model.entry
+    # the model's own classes and colours: ADE20K's for a zoo checkpoint, yours for a fine-tune
+    names, palette = model.class_names, model.palette
 
     image = Image.open(args.image).convert("RGB")
     start = time.perf_counter()
@@ -54,11 +56,10 @@ def main() -> None:
     label_path = os.path.join(args.out, f"{stem}_labels.png")
     overlay_path = os.path.join(args.out, f"{stem}_overlay.png")
     Image.fromarray(labels.astype(np.uint8)).save(label_path)
-    overlay(image, labels, entry.palette, entry.class_names).save(overlay_path)
+    overlay(image, labels, palette, names).save(overlay_path)
     ids, counts = np.unique(labels, return_counts=True)
     top = sorted(zip(counts, ids), reverse=True)[:5]
-    print("largest classes: " + ", ".join(f"{entry.class_names[i].strip()} {100 * c / labels.size:.0f}%"
-                                          for c, i in top))
+    print("largest classes: " + ", ".join(f"{names[i].strip()} {100 * c / labels.size:.0f}%" for c, i in top))
     print(f"wrote {label_path} and {overlay_path}")
 
 

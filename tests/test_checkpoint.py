@@ -1,7 +1,6 @@
 """Loading checkpoints: strictness, readable errors, refusal of unsafe or broken files, fine-tuning."""
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
@@ -72,11 +71,13 @@ def test_missing_file() -> None:
         t16(checkpoint_path="/nonexistent/model.pth")
 
 
-def test_num_classes_change_drops_only_class_sized_tensors(caplog) -> None:
+def test_num_classes_change_drops_only_class_sized_tensors() -> None:
+    """Another class count than the file's: a warning (not a log line nobody sees) names what starts fresh."""
     ref = t16(checkpoint_path=T16_PTH)
-    with caplog.at_level(logging.INFO, logger="vitseg"):
+    with pytest.warns(UserWarning, match=r"num_classes=3 differs from the 7 classes of the checkpoint "
+                                         r".*segmenter_mask_vit_t16\.pth: decode_head\.cls_emb, "
+                                         r"decode_head\.mask_norm\.weight, decode_head\.mask_norm\.bias .*fresh"):
         model = t16(checkpoint_path=T16_PTH, num_classes=3)
-    assert "decode_head.cls_emb" in caplog.text and "decode_head.mask_norm.weight" in caplog.text
     assert model.decode_head.cls_emb.shape == (1, 3, 32)
     sd, ref_sd = model.state_dict(), ref.state_dict()
     kept = [k for k in sd if not k.startswith(("decode_head.cls_emb", "decode_head.mask_norm"))]
@@ -102,3 +103,49 @@ def test_convert_mmseg_rejects_unknown_keys_and_strips_module_prefix() -> None:
 def test_bad_image_tensor(x, match) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         t16()(x)
+
+
+UPERNET = MANIFEST["upernet_deit_s16"]  # an mmseg file with the auxiliary FCN head's keys
+UPERNET_PTH = os.path.join(FIXTURES, UPERNET["checkpoint"])
+
+
+def upernet(**kw):
+    return vitseg.create_model(UPERNET["model"], **{**UPERNET["overrides"], **kw})
+
+
+def test_auxiliary_head_loads_from_a_file_that_has_it() -> None:
+    sd = convert_mmseg(torch.load(UPERNET_PTH, weights_only=True)["state_dict"])
+    aux = [k for k in sd if k.startswith("auxiliary_head.")]
+    assert aux  # the fixture is laid out like a released file
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = upernet(checkpoint_path=UPERNET_PTH, auxiliary_head=True, aux_channels=8)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], sd[k]) for k in aux)
+    assert "auxiliary_head.conv_seg.weight" not in upernet(checkpoint_path=UPERNET_PTH).state_dict()  # dropped
+
+
+def test_auxiliary_head_starts_fresh_from_a_file_without_it(tmp_path) -> None:
+    """A model saved without its auxiliary head, loaded into one built with auxiliary_head=True: not a
+    strict-load failure; the head keeps its initialization and a warning names it."""
+    plain = upernet(checkpoint_path=UPERNET_PTH)
+    path = tmp_path / "no_aux.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path))
+    torch.manual_seed(1)
+    fresh = upernet(auxiliary_head=True).auxiliary_head.state_dict()
+    torch.manual_seed(1)
+    with pytest.warns(UserWarning, match=r"has no auxiliary head \(no auxiliary_head\.\* keys\): the model's "
+                                         r"auxiliary_head \(\d+ tensors\) starts from a fresh initialization"):
+        model = upernet(checkpoint_path=path, auxiliary_head=True)
+    sd, ref = model.state_dict(), plain.state_dict()
+    assert all(torch.equal(sd[k], ref[k]) for k in ref)  # everything else is the file's
+    assert all(torch.equal(v, fresh[k]) for k, v in model.auxiliary_head.state_dict().items())
+    model.train()
+    logits, aux_logits = model(torch.randn(2, 3, 32, 32))  # (batch 2: the pooling branch's BN trains)
+    assert aux_logits.shape == logits.shape == (2, 7, 32, 32)
+    # a file with some auxiliary keys but not all is still an error
+    partial = {k: v for k, v in upernet(auxiliary_head=True).state_dict().items() if k != "auxiliary_head.conv_seg.bias"}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint \(1\).*auxiliary_head\.conv_seg\.bias"):
+        upernet(checkpoint_path=tmp_path / "partial.pth", auxiliary_head=True)

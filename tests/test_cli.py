@@ -245,3 +245,141 @@ def test_eval_prints_valid_json_when_a_metric_is_undefined(tiny_entry, tmp_path,
     printed = json.loads(text[text.rindex("{"):], parse_constant=no_nan)
     assert printed["mIoU"] is None
     assert json.loads(out.read_text(), parse_constant=no_nan)["mIoU"] is None
+
+
+# ---------------------------------------------------------------- fine-tunes by zoo name, exit codes, small defects
+
+PHOTO = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "astronaut.jpg")
+NAMES = ["road", "grass", "roof"]
+
+
+@pytest.fixture
+def fine_tuned(tiny_entry, tmp_path):
+    """A 3-class fine-tune of the (7-class) tiny entry: a bare state dict file and a save_pretrained folder."""
+    torch.manual_seed(2)
+    model = vitseg.create_model(tiny_entry, num_classes=3, class_names=NAMES)
+    torch.save(model.state_dict(), tmp_path / "ft.pth")
+    vitseg.save_pretrained(model, tmp_path / "ft")
+    return model, tmp_path / "ft.pth", tmp_path / "ft"
+
+
+def _three_class_folder(root) -> str:
+    from PIL import Image
+    rng = np.random.default_rng(9)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 3, (30, 40)).astype(np.uint8)).save(root / "labels" / f"{i}.png")
+    return str(root)
+
+
+def test_fine_tune_by_zoo_name_in_predict_eval_convert(tiny_entry, fine_tuned, tmp_path, capsys) -> None:
+    """--model NAME --checkpoint FILE|DIR of a 3-class fine-tune (was: wrong shape (3, ...) vs (7, ...))."""
+    model, file, folder = fine_tuned
+    assert main(["predict", PHOTO, "--model", tiny_entry, "--checkpoint", str(folder), "--out", str(tmp_path / "p"),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    assert any(n in capsys.readouterr().out for n in NAMES)  # the summary speaks of the fine-tune's classes
+    data = _three_class_folder(tmp_path / "data")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", tiny_entry, "--checkpoint", str(folder), "--dataset", "folder", "--data", data,
+                 "--device", "cpu", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert saved["classes"] == NAMES and all(n in table for n in NAMES)  # the model's names, not 0 1 2
+    assert saved["num_workers"] == 0  # --workers defaults to evaluate's choice: 0 on CPU (docs/evaluation.md)
+    ref = vitseg.evaluate(model, vitseg.eval.open_dataset("folder", data, num_classes=3), device="cpu",
+                          progress=False, verbose=False)
+    assert saved["mIoU"] == ref["mIoU"]
+    dst = tmp_path / "ft.safetensors"
+    assert main(["convert", "vitseg", str(file), str(dst), "--model", tiny_entry]) == 0
+    assert load_file(str(dst))["decode_head.cls_emb"].shape[1] == 3
+    assert vitseg.create_model(tiny_entry, checkpoint_path=dst).num_classes == 3
+
+
+def test_eval_stops_on_labels_outside_the_models_classes(fine_tuned, tiny_entry, tmp_path, capsys) -> None:
+    from PIL import Image
+    _, _, folder = fine_tuned
+    data = _three_class_folder(tmp_path / "data")
+    label = tmp_path / "data" / "labels" / "1.png"
+    Image.fromarray((np.asarray(Image.open(label)) + 1).astype(np.uint8)).save(label)  # numbered 1..3
+    assert main(["eval", "--model", tiny_entry, "--checkpoint", str(folder), "--dataset", "folder", "--data", data,
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"vitseg eval: error: Label {label} holds the value 3" in err
+    assert "--reduce-zero-label" in err
+
+
+def test_convert_num_classes_where_the_tensors_cannot_tell(tiny_entry, fine_tuned, tmp_path, capsys) -> None:
+    _, file, _ = fine_tuned
+    entry = vitseg.get_entry(tiny_entry)
+    blind = dataclasses.replace(entry, name="segmenter_mask_vit_t16_blindtest",
+                                family=dataclasses.replace(entry.family, class_sized={}))
+    vitseg.register_model(blind)
+    try:
+        dst = tmp_path / "out.safetensors"
+        assert main(["convert", "vitseg", str(file), str(dst), "--model", blind.name]) == 2
+        assert "wrong shape" in capsys.readouterr().err
+        assert main(["convert", "vitseg", str(file), str(dst), "--model", blind.name, "--num-classes", "3"]) == 0
+        assert load_file(str(dst))["decode_head.cls_emb"].shape[1] == 3
+    finally:
+        unregister_model(blind.name)
+    with pytest.warns(UserWarning, match="num_classes=4 differs from the 3 classes"):
+        assert main(["convert", "vitseg", str(file), str(dst), "--model", tiny_entry, "--num-classes", "4"]) == 0
+    assert load_file(str(dst))["decode_head.cls_emb"].shape[1] == 4
+    assert main(["convert", "timm", str(file), str(dst), "--num-classes", "4"]) == 2
+    assert "--num-classes and --class-names describe whole models" in capsys.readouterr().err
+
+
+def test_predict_exit_status_says_what_failed(tiny_entry, tmp_path, capsys) -> None:
+    from PIL import Image
+    photos, empty = tmp_path / "photos", tmp_path / "nothing-here"
+    photos.mkdir(), empty.mkdir()
+    Image.open(PHOTO).resize((64, 48)).save(photos / "good.png")
+    (photos / "bad.jpg").write_bytes(b"not a jpeg")
+    (empty / "notes.txt").write_text("no images in this folder")
+    out = tmp_path / "out"
+    common = ["--model", tiny_entry, "--random-weights", "--out", str(out), "--device", "cpu", "--workers", "0"]
+    assert main(["predict", str(photos), str(empty), *common]) == 1  # after writing the rest
+    assert (out / "good_labels.png").is_file() and (out / "good_overlay.png").is_file()
+    err = capsys.readouterr().err
+    assert f"failed: {photos / 'bad.jpg'}: Cannot decode image" in err and f"no image in {empty}" in err
+    assert "1 input failed and 1 held no image" in err
+    assert main(["predict", str(photos / "good.png"), *common]) == 0  # already done: skipped, not failed
+    assert main(["predict", str(empty), *common]) == 2  # nothing at all: refused before the model is loaded
+    assert f"No image in {empty}" in capsys.readouterr().err
+
+
+def test_info_reads_a_saved_folder(fine_tuned, capsys) -> None:
+    _, _, folder = fine_tuned
+    assert main(["info", f"local-dir:{folder}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == f"local-dir:{folder}" and info["class_names"] == NAMES and info["num_classes"] == 3
+    assert main(["info", f"local-dir:{folder / 'missing'}"]) == 2
+    assert "not a folder written by vitseg.save_pretrained" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`vitseg info NAME | head -1`: the reader goes away; no 'Broken pipe' error, no traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "vitseg", "info", "segmenter_mask_vit_b16_ade20k"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before vitseg writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == ""
+
+
+def test_img_size_without_a_patch_grid_is_refused(tmp_path, capsys) -> None:
+    import timm
+
+    src = tmp_path / "vit.pth"
+    torch.save(timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1,
+                                                                num_heads=2, num_classes=0).state_dict(), src)
+    for size in ("8", "0", "-3"):
+        try:
+            code = main(["convert", "timm", str(src), str(tmp_path / "b.safetensors"), "--img-size", size])
+        except SystemExit as e:  # refused when parsed
+            code = e.code
+        assert code == 2, size
+    err = capsys.readouterr().err
+    assert "img_size 8 gives no grid of 16-pixel patches" in err and "--img-size: must be at least 1, got -3" in err
+    assert not (tmp_path / "b.safetensors").exists()

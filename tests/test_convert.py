@@ -131,3 +131,11 @@ def test_convert_jax_resizes_and_rejects_other_layouts(tmp_path):
     partial = {k: v for k, v in arrays.items() if k != "Transformer/encoderblock_1/" + ATTN + "/key/bias"}
     with pytest.raises(ValueError, match="blocks.1.attn.*incomplete"):
         convert_jax(partial)
+
+
+@pytest.mark.parametrize("img_size", [0, -16, 8, (512, 15)])
+def test_resize_pos_embed_refuses_sizes_without_a_patch_grid(img_size):
+    from vitseg.convert import resize_pos_embed
+
+    with pytest.raises(ValueError, match=r"gives no grid of 16-pixel patches: it must be at least the patch size 16"):
+        resize_pos_embed(torch.randn(1, 1 + 14 * 14, 8), img_size, 16)

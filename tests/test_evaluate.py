@@ -275,3 +275,96 @@ def test_predict_huge_image_memory_bounded() -> None:
     assert res["shape"] == [4000, 6000] and res["classes"] > 1
     # the full-size logits alone would be 150 x 4000 x 6000 x 4 B = 14.4 GB
     assert res["growth_kb"] < 3 * 1024 * 1024, res
+
+
+# ---------------------------------------------------------------- refusals: labels, outputs, arguments
+
+def _folder(root: Path, labels: list[np.ndarray]) -> tuple[Path, Path]:
+    """images/ + labels/ with random photos and the given label maps."""
+    rng = np.random.default_rng(11)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, label in enumerate(labels):
+        Image.fromarray(rng.integers(0, 256, (*label.shape, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(label.astype(np.uint8)).save(root / "labels" / f"{i}.png")
+    return root / "images", root / "labels"
+
+
+def three_class_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return vitseg.create_model("segmenter_mask_vit_t16_ade20k", backbone=dict(embed_dim=32, depth=2, num_heads=2),
+                               num_classes=3, class_names=["road", "grass", "roof"])
+
+
+def test_labels_outside_the_models_classes_stop_evaluate(tmp_path: Path) -> None:
+    """Labels numbered 1..3 for a 3-class model: mmseg's metric would skip the 3s and report a number."""
+    rng = np.random.default_rng(5)
+    good = rng.integers(0, 3, (20, 24))
+    good[:2] = 255  # the ignore index is fine
+    shifted = rng.integers(1, 4, (20, 24))
+    img_dir, ann_dir = _folder(tmp_path, [good, shifted])
+    model = three_class_model()
+    data = FolderDataset(img_dir, ann_dir, img_suffix=".png", num_classes=3)
+    for workers in (0, 1):
+        with pytest.raises(ValueError, match=rf"Label {ann_dir / '1.png'} holds the value 3 in \d+ pixels, outside "
+                                             r"the model's 3 classes \(0 to 2; 255 is ignored\).*reduce_zero_label"):
+            vitseg.evaluate(model, data, preprocess=WHOLE, num_workers=workers, progress=False, verbose=False)
+    # read as mmseg's reduce_zero_label (1..3 -> 0..2) the same labels score
+    reduced = FolderDataset(img_dir, ann_dir, img_suffix=".png", num_classes=3, reduce_zero_label=True)
+    res = vitseg.evaluate(model, reduced, preprocess=WHOLE, max_images=2, progress=False, verbose=False)
+    assert res["num_images"] == 2
+
+
+def test_results_and_table_use_the_models_class_names(tmp_path: Path, capsys) -> None:
+    img_dir, ann_dir = _folder(tmp_path, [np.random.default_rng(6).integers(0, 3, (20, 24))])
+    model = three_class_model()
+    res = vitseg.evaluate(model, FolderDataset(img_dir, ann_dir, img_suffix=".png", num_classes=3),
+                          preprocess=WHOLE, progress=False)
+    assert res["classes"] == ["road", "grass", "roof"] and "grass" in capsys.readouterr().out
+    numbered = vitseg.create_model("segmenter_mask_vit_t16_ade20k", backbone=dict(embed_dim=32, depth=2, num_heads=2),
+                                   num_classes=3)  # only numbers: the dataset's names are better
+    named = FolderDataset(img_dir, ann_dir, img_suffix=".png", classes=["a", "b", "c"])
+    assert vitseg.evaluate(numbered, named, preprocess=WHOLE, progress=False, verbose=False)["classes"] == ["a", "b", "c"]
+
+
+class _Counting:
+    """A dataset that counts the items read."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items, self.reads, self.num_classes = items, 0, 3
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        return self.items[i]
+
+
+def test_unwritable_out_file_fails_before_the_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    data = _Counting([dict(img=rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), label=rng.integers(0, 3, (20, 24)))])
+    model = three_class_model()
+    for out, error in ((tmp_path / "missing" / "r.json", FileNotFoundError), (tmp_path, IsADirectoryError)):
+        with pytest.raises(error, match=f"out_file {out}"):
+            vitseg.evaluate(model, data, preprocess=WHOLE, out_file=out, progress=False, verbose=False)
+    assert data.reads == 0
+    res = vitseg.evaluate(model, data, preprocess=WHOLE, out_file=tmp_path / "r.json", progress=False, verbose=False)
+    assert data.reads == 1 and json.loads((tmp_path / "r.json").read_text())["num_images"] == res["num_images"] == 1
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    (dict(batch_size=0), ValueError, r"batch_size must be a positive integer .* got 0"),
+    (dict(batch_size=-2), ValueError, r"batch_size must be a positive integer .* got -2"),
+    (dict(batch_size=1.5), ValueError, r"batch_size must be a positive integer .* got 1.5"),
+    (dict(preprocess={"mean": (0, 0, 0)}), TypeError, r"preprocess must be a vitseg.Preprocess .* got dict"),
+    (dict(preprocess="whole"), TypeError, r"preprocess must be a vitseg.Preprocess .* got str"),
+])
+def test_predict_refuses_bad_arguments_by_name(kw, error, match) -> None:
+    img = np.random.default_rng(8).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    model = three_class_model()
+    with pytest.raises(error, match=match):
+        vitseg.predict(model, img, **kw)
+    if "preprocess" in kw:
+        with pytest.raises(error, match=match):
+            vitseg.evaluate(model, _Counting([]), progress=False, verbose=False, **kw)

@@ -173,3 +173,88 @@ def test_class_names_travel_through_vitseg_convert(tmp_path) -> None:
         assert model.class_names == tuple(f"kind{i}" for i in range(7))
     finally:
         unregister_model("segmenter_mask_vit_t16_convtest")
+
+
+# ---------------------------------------------------------------- a fine-tune by its zoo name
+
+FULL_T16 = "segmenter_mask_vit_t16_ade20k"  # the full-size ViT-T: 6.7M parameters, built in a fraction of a second
+
+
+@pytest.fixture(scope="module")
+def fine_tune(tmp_path_factory) -> tuple[torch.nn.Module, dict]:
+    """A 3-class fine-tune of the full-size ViT-T Segmenter, saved the ways users save it."""
+    torch.manual_seed(3)
+    model = vitseg.create_model(FULL_T16, num_classes=3, class_names=["road", "grass", "roof"])
+    with torch.no_grad():  # trained-looking values, not the initialization's
+        for p in model.decode_head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path_factory.mktemp("ft")
+    paths = dict(state_dict=folder / "ft.pth", wrapped=folder / "ckpt.pth", folder=folder / "saved")
+    torch.save(model.state_dict(), paths["state_dict"])
+    torch.save({"state_dict": model.state_dict(), "meta": {"CLASSES": ["road", "grass", "roof"]}}, paths["wrapped"])
+    vitseg.save_pretrained(model, paths["folder"])
+    return model, paths
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "wrapped", "folder"])
+def test_fine_tuned_checkpoint_loads_by_zoo_name(fine_tune, kind) -> None:
+    """No num_classes: the classifier the file has (not the entry's 150, which failed on shapes), silently."""
+    model, paths = fine_tune
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is dropped, so nothing to warn about
+        again = vitseg.create_model(FULL_T16, checkpoint_path=paths[kind])
+    assert again.num_classes == 3 and again.decode_head.cls_emb.shape == (1, 3, 192)
+    _same(again, model)
+    # the names the file records come along; a bare state dict records none
+    assert again.class_names == (("0", "1", "2") if kind == "state_dict" else ("road", "grass", "roof"))
+
+
+def test_mmseg_file_gives_its_class_count_and_names() -> None:
+    """An mmseg file of 7 classes by the name of a 150-class entry (tiny widths, no num_classes)."""
+    overrides = {k: v for k, v in T16["overrides"].items() if k != "num_classes"}
+    model = vitseg.create_model(NAME, checkpoint_path=MMSEG_PTH, **overrides)
+    assert model.num_classes == 7
+    assert model.class_names == tuple(torch.load(MMSEG_PTH, weights_only=True)["meta"]["CLASSES"])
+
+
+def test_another_class_count_than_the_files_warns(fine_tune) -> None:
+    model, paths = fine_tune
+    for path in (paths["state_dict"], paths["folder"]):
+        with pytest.warns(UserWarning, match=r"num_classes=4 differs from the 3 classes of the checkpoint .*"
+                                             r"decode_head\.cls_emb, decode_head\.mask_norm\.weight, "
+                                             r"decode_head\.mask_norm\.bias .*start from a fresh initialization"):
+            four = vitseg.create_model(FULL_T16, checkpoint_path=path, num_classes=4)
+        assert four.num_classes == 4
+        assert torch.equal(four.backbone.blocks[5].attn.qkv.weight, model.backbone.blocks[5].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("override,match", [
+    (dict(backbone="vit_b16"), r"backbone='vit_b16' is a string, but backbone is a dict.*backbone=dict\("),
+    (dict(backbone=None), r"backbone=None is None, but backbone is a dict"),
+    (dict(backbone=dict(embed_dim="32")), r"backbone\['embed_dim'\] = '32' is a string, but .* an int"),
+    (dict(backbone=dict(out_indices="11")), r"backbone\['out_indices'\] = '11' is a string"),
+])
+def test_wrong_typed_override_names_the_argument(override, match) -> None:
+    with pytest.raises(TypeError, match=r"Bad architecture override for 'segmenter_mask_vit_t16_ade20k': " + match):
+        vitseg.create_model(FULL_T16, **override)
+
+
+def test_forced_format_of_another_file_names_the_file(tmp_path) -> None:
+    with pytest.raises(ValueError, match=rf"The checkpoint {MMSEG_PTH} does not convert as .*format 'timm'.*"
+                                         r"Is format='timm' right\?"):
+        t16(checkpoint_path=MMSEG_PTH, format="timm")
+    with pytest.raises(ValueError, match=rf"The checkpoint {MMSEG_PTH} does not convert .*format 'jax'"):
+        t16(checkpoint_path=MMSEG_PTH, format="jax")
+
+
+@pytest.mark.parametrize("drop", ["model", "arch"])
+def test_local_dir_config_without_a_key_says_which(reference, tmp_path, drop) -> None:
+    import json
+
+    folder = vitseg.save_pretrained(reference, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    del config[drop]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json lacks the key '{drop}'"):
+        vitseg.create_model(f"local-dir:{folder}")

@@ -309,7 +309,8 @@ def test_save_pretrained_and_local_dir(home, server, register, tmp_path):
     x = torch.randn(1, 3, 40, 56)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
-    refit = vitseg.create_model(f"local-dir:{folder}", num_classes=3)
+    with pytest.warns(UserWarning, match="num_classes=3 differs from the 5 classes of the weights in"):
+        refit = vitseg.create_model(f"local-dir:{folder}", num_classes=3)
     assert refit.decode_head.cls_emb.shape[1] == 3
     torch.testing.assert_close(refit.backbone.pos_embed, source.backbone.pos_embed)
 
@@ -401,3 +402,14 @@ def test_load_pretrained_backbone_timm_and_jax(home, server, tmp_path):
     np.savez(tmp_path / "augreg.npz", **npz)
     vitseg.load_pretrained_backbone(model, tmp_path / "augreg.npz", format="jax")
     _same_weights(model.backbone.state_dict(), convert_jax(npz, img_size=512))
+
+
+def test_offline_hf_hub_miss_names_the_repo_and_the_setting(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = "vitseg-tests/never-downloaded-model"
+    with pytest.raises(FileNotFoundError, match=rf"hf-hub:{repo}@v2: {repo} at revision v2 is not in the Hugging "
+                                                r"Face cache, and offline mode is on \(HF_HUB_OFFLINE=1\)"):
+        vitseg.create_model(f"hf-hub:{repo}@v2")
+    assert main(["info", f"hf-hub:{repo}"]) == 2  # `vitseg info` takes hf-hub: names too
+    err = capsys.readouterr().err
+    assert err.startswith("vitseg info: error: ") and repo in err and "HF_HUB_OFFLINE" in err

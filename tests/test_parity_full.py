@@ -6,7 +6,7 @@ Make them (random weights, real widths) and point the tests at them:
     VITSEG_FULL_FIXTURES=/tmp/vitseg-full python -m pytest -q tests/test_parity_full.py
 
 Skipped when ``VITSEG_FULL_FIXTURES`` is unset. Manifest entries whose model is not registered in this
-checkout (another family's fixtures in a shared folder) are skipped too.
+checkout (fixtures that another checkout wrote into the same folder) are skipped too.
 """
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
 """Test pipeline parity with mmcv / mmseg 1.2.2 (fixtures from tools/make_eval_fixtures.py)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +113,28 @@ def test_load_image_inputs_and_errors(tmp_path: Path) -> None:
         P.load_image(rng.random((4, 4, 3)))
     with pytest.raises(ValueError, match="backend"):
         P.resolve_backend("skimage")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="OpenCV is not installed")
+def test_opencv_pixel_limit_is_our_error_naming_the_file(tmp_path) -> None:
+    """OpenCV refuses images over OPENCV_IO_MAX_IMAGE_PIXELS with its own cv2.error: vitseg.predict and
+    `vitseg predict` report a ValueError naming the file and the setting (no worker traceback)."""
+    photo = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photo)
+    code = textwrap.dedent(f"""
+        import sys
+        from vitseg.eval.pipeline import load_image
+        from vitseg.cli import main
+        try:
+            load_image({str(photo)!r}, backend="opencv")
+        except ValueError as e:
+            print("API:", e)
+        sys.exit(main(["predict", {str(photo)!r}, "--model", "segmenter_mask_vit_t16_ade20k", "--random-weights",
+                       "--device", "cpu", "--workers", "1", "--out", {str(tmp_path / "out")!r}]))
+    """)
+    env = dict(os.environ, OPENCV_IO_MAX_IMAGE_PIXELS="1000")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.stdout.startswith(f"API: Cannot decode image {photo} with OpenCV"), r.stdout + r.stderr[-2000:]
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS" in r.stdout
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"failed: {photo}: Cannot decode image" in r.stderr and "OPENCV_IO_MAX_IMAGE_PIXELS" in r.stderr

@@ -1,6 +1,6 @@
 """Record mmseg 1.2.2 / mmcv 2.1 reference outputs for the evaluation tests (tests/fixtures/eval/).
 
-Run with the reference environment (see /work/shared/mmseg-reference/README.md), from the repo root:
+Run with the reference environment (set up by ``bash tools/setup_mmseg_reference.sh``), from the repo root:
 
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_eval_fixtures.py
 

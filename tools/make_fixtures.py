@@ -2,7 +2,7 @@
 
 Runs in the mmseg reference venv (never in vitseg's):
 
-    bash ../shared/mmseg-reference/setup.sh
+    bash tools/setup_mmseg_reference.sh                                          # once
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_fixtures.py            # all tiny fixtures
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_fixtures.py --full DIR # full-size, not committed
 

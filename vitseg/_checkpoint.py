@@ -6,14 +6,15 @@
 * :func:`to_vitseg` converts a state dict with the format table (:mod:`vitseg.convert`), the format told
   from the keys unless forced.
 * :func:`load_into` loads a whole-model state dict: the one place where training-only parts (auxiliary
-  heads) and class-sized tensors of another class count are dropped; everything else must match.
+  heads) are dropped or start fresh and class-sized tensors of another class count are left out (with a
+  warning naming them); everything else must match. :func:`class_count` reads a file's class count.
 * :func:`load_backbone` loads ImageNet weights into a backbone, adapted to it by the backbone itself.
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
+import warnings
 import zipfile
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
@@ -24,10 +25,10 @@ import torch.nn as nn
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
 
-__all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg",
-           "load_into", "load_backbone", "load_file_into", "load_strict", "describe_mismatch", "drop_class_sized"]
+__all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg", "read_converted",
+           "load_into", "load_backbone", "load_converted", "load_file_into", "load_strict", "describe_mismatch",
+           "drop_class_sized", "class_count"]
 
-_logger = logging.getLogger(__name__)
 _AUX = "auxiliary_head."
 
 CHECKPOINT_KINDS = ("safetensors", "torch", "npz")  # what :func:`sniff` says of a file it can read
@@ -191,7 +192,27 @@ def to_vitseg(state_dict: Mapping[str, Any], *, format: str | None = None, famil
     """
     fmt = get_format(format) if format is not None else identify_format(list(state_dict), what=what)
     rules = family.rules.get(fmt.name, ()) if family is not None else ()
-    return fmt.convert(state_dict, rules), fmt
+    try:
+        return fmt.convert(state_dict, rules), fmt
+    except ValueError as e:
+        hint = (f" Is format='{fmt.name}' right? Leave it out to have the format told from the keys."
+                if format is not None else "")
+        raise ValueError(f"{what} does not convert as {fmt.description} (format '{fmt.name}'): {e}{hint}") from None
+
+
+def read_converted(path: str | os.PathLike, *, format: str | None = None, family: Family | None = None
+                   ) -> tuple[dict[str, torch.Tensor], CheckpointFormat, list[str] | None]:
+    """Read a checkpoint file and convert it to vitseg names: (state dict, its format, the class names it
+    records or ``None``).
+
+    Args:
+        path: the file (see :func:`read_checkpoint`).
+        format: force a format instead of recognising it from the keys.
+        family: the model's family, whose extra renames for the format apply.
+    """
+    tensors, names = _read(path)
+    sd, fmt = to_vitseg(tensors, format=format, family=family, what=f"The checkpoint {os.fspath(path)}")
+    return sd, fmt, (names if fmt.scope == "model" else None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -247,23 +268,64 @@ def drop_class_sized(sd: Mapping[str, torch.Tensor], num_classes: int, class_siz
     return {k: v for k, v in sd.items() if k not in dropped}, dropped
 
 
-def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, num_classes: int | None = None,
-              what: str = "checkpoint") -> None:
-    """Load a whole-model vitseg state dict strictly, with the two exceptions a user asks for.
+def _user_level() -> int:
+    """The ``stacklevel`` of the first caller outside the package, for warnings about what the user asked
+    (called from the function that warns)."""
+    import sys
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
-    Auxiliary heads (training only) in the file are dropped when the model has none. With
-    ``num_classes`` set, the family's class-sized tensors of another class count are not loaded (they keep
-    their fresh initialization) and a log line names them.
+
+def class_count(sd: Mapping[str, torch.Tensor], class_sized: Mapping[str, int]) -> int | None:
+    """The class count the ``class_sized`` tensors of a state dict agree on (``None`` if it has none of them,
+    or they disagree)."""
+    counts = {sd[k].shape[dim] for k, dim in class_sized.items() if k in sd and sd[k].ndim > dim}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _auxiliary_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str
+                    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``sd`` fitted to the model's auxiliary head: (state dict, the model's auxiliary keys left fresh).
+
+    A model without one drops the file's (training only); a model with one whose file has none keeps its
+    fresh initialization, with a warning.
     """
     if getattr(model, "auxiliary_head", None) is None:
-        sd = {k: v for k, v in sd.items() if not k.startswith(_AUX)}
+        return {k: v for k, v in sd.items() if not k.startswith(_AUX)}, []
+    if any(k.startswith(_AUX) for k in sd):
+        return dict(sd), []  # loaded strictly like the rest
+    fresh = [k for k in model.state_dict() if k.startswith(_AUX)]
+    warnings.warn(f"The {what} has no auxiliary head (no {_AUX}* keys): the model's auxiliary_head "
+                  f"({len(fresh)} tensors) starts from a fresh initialization. It is used in training only; "
+                  "build the model with auxiliary_head=False if you do not train it.", stacklevel=_user_level())
+    return dict(sd), fresh
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, num_classes: int | None = None,
+              what: str = "checkpoint") -> None:
+    """Load a whole-model vitseg state dict strictly, with the exceptions a user asks for.
+
+    Auxiliary heads (training only) in the file are dropped when the model has none; a model built with
+    ``auxiliary_head=True`` whose file has none keeps its fresh auxiliary head (a warning says so). With
+    ``num_classes`` set, the family's class-sized tensors of another class count are not loaded (they keep
+    their fresh initialization) and a warning names them.
+    """
+    sd, fresh = _auxiliary_keys(model, sd, what)
     dropped: list[str] = []
     entry = getattr(model, "entry", None)
     if num_classes is not None and entry is not None:
+        found = class_count(sd, entry.family.class_sized)
         sd, dropped = drop_class_sized(sd, num_classes, entry.family.class_sized)
         if dropped:
-            _logger.info("num_classes=%d differs from the %s: not loading %s", num_classes, what, ", ".join(dropped))
-    load_strict(model, sd, allow_missing=dropped, what=what)
+            warnings.warn(
+                f"num_classes={num_classes} differs from the {found or 'other'} classes of the {what}: "
+                f"{', '.join(dropped)} are not loaded and start from a fresh initialization (the classifier "
+                "for the new class count, as when fine-tuning). Leave num_classes unset to keep the "
+                "checkpoint's trained classifier.", stacklevel=_user_level())
+    load_strict(model, sd, allow_missing=dropped + fresh, what=what)
 
 
 def load_backbone(backbone: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str = "backbone checkpoint"
@@ -285,12 +347,17 @@ def load_file_into(model: nn.Module, path: str | os.PathLike, *, format: str | N
 
     Returns the checkpoint's format and, for whole-model files, the class names the file records (if any).
     """
-    what = f"checkpoint {os.fspath(path)}"
     entry = getattr(model, "entry", None)
-    tensors, names = _read(path)
-    sd, fmt = to_vitseg(tensors, format=format, family=entry.family if entry else None, what=f"The {what}")
+    sd, fmt, names = read_converted(path, format=format, family=entry.family if entry else None)
+    load_converted(model, sd, fmt, num_classes=num_classes, what=f"checkpoint {os.fspath(path)}")
+    return fmt, names
+
+
+def load_converted(model: nn.Module, sd: Mapping[str, torch.Tensor], fmt: CheckpointFormat, *,
+                   num_classes: int | None = None, what: str = "checkpoint") -> None:
+    """Load a converted state dict (see :func:`read_converted`): into the backbone for ImageNet formats,
+    else into the whole model with :func:`load_into`."""
     if fmt.scope == "backbone":
         load_backbone(getattr(model, "backbone", model), sd, what=f"{fmt.name} backbone {what}")
-        return fmt, None
-    load_into(model, sd, num_classes=num_classes, what=what)
-    return fmt, names
+    else:
+        load_into(model, sd, num_classes=num_classes, what=what)

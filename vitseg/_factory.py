@@ -13,13 +13,15 @@ from typing import Any, Sequence
 import torch.nn as nn
 
 from . import models  # noqa: F401  (importing the families registers the zoo)
-from ._checkpoint import load_backbone, load_file_into, load_into, read_checkpoint, read_state_dict, to_vitseg
+from ._checkpoint import (class_count, load_backbone, load_converted, load_into, read_checkpoint, read_converted,
+                          read_state_dict, to_vitseg)
 from ._hub import fetch_file, fetch_hf_folder, fetch_weights
 from ._pretrained import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
 from .data import default_palette
 
-__all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch", "set_identity"]
+__all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch", "check_overrides",
+           "set_identity"]
 
 # timm's keyword names for the backbone's regularization, accepted at the top level as timm does
 _BACKBONE_KWARGS = ("drop_path_rate", "drop_rate", "attn_drop_rate")
@@ -38,6 +40,53 @@ def merge_arch(arch: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
         else:
             out[k] = {**out[k], **v} if isinstance(out.get(k), dict) and isinstance(v, dict) else v
     return out
+
+
+def _kind(value: Any) -> str:
+    """A value's kind in words, for override checks."""
+    if value is None:
+        return "None"
+    if isinstance(value, dict):
+        return "a dict"
+    if isinstance(value, str):
+        return "a string"
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _override_fits(old: Any, new: Any) -> bool:
+    """Whether ``new`` may replace an entry's ``old`` architecture value: dicts by dicts, strings by strings,
+    and numbers, flags and sequences by anything but a string or a dict."""
+    if old is None or (new is None and not isinstance(old, dict)):
+        return True
+    if isinstance(old, dict) or isinstance(new, dict):
+        return isinstance(old, dict) and isinstance(new, dict)
+    return isinstance(old, str) == isinstance(new, str)
+
+
+def check_overrides(name: str, arch: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Refuse an architecture override of the wrong type, naming it (``backbone="vit_b16"`` where the entry's
+    ``backbone`` is a dict of keywords); dict-valued ones are checked key by key.
+
+    Args:
+        name: the model, for the message.
+        arch: the entry's architecture kwargs.
+        overrides: what the user gave ``create_model``.
+    """
+    for key, new in overrides.items():
+        old = arch.get(key)
+        pairs = [(key, old, new)]
+        if isinstance(old, dict) and isinstance(new, dict):
+            pairs = [(f"{key}['{k}']", old.get(k), v) for k, v in new.items()]
+        for label, was, value in pairs:
+            if _override_fits(was, value):
+                continue
+            shown = f"{label}={value!r}" if "[" not in label else f"{label} = {value!r}"
+            fix = (f"Pass a dict of the keywords to change, e.g. {key}=dict({next(iter(was), 'key')}=...); the "
+                   f"entry's {key} has {', '.join(was)}." if isinstance(was, dict) else
+                   f"Pass {_kind(was)} like the entry's {was!r}.")
+            raise TypeError(f"Bad architecture override for '{name}': {shown} is {_kind(value)}, but {label} is "
+                            f"{_kind(was)}. {fix}")
 
 
 def _check_palette(palette: Sequence[Sequence[int]], n: int) -> tuple[tuple[int, int, int], ...]:
@@ -87,15 +136,19 @@ def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _load_folder(model: nn.Module, folder: Path, config: dict[str, Any], *, num_classes: int | None,
-                 identity: dict[str, Any]) -> dict[str, Any]:
-    """Load a ``save_pretrained`` folder's weights into ``model``; return ``identity`` completed with the
-    class names, palette and dataset the folder records (when its class count is the model's)."""
-    load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes, what=f"weights in {folder}")
+def _folder_identity(model: nn.Module, config: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` completed with the class names, palette and dataset a ``save_pretrained`` config records
+    (when its class count is the model's)."""
     saved = read_identity(config)
     if model.num_classes == len(saved.get("class_names") or ()):
         return {**saved, **{k: v for k, v in identity.items() if v is not None}}
     return identity
+
+
+def _file_classes(entry: ZooEntry, arch: dict[str, Any], sd: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` with the class count of the checkpoint ``sd`` (its class-sized tensors), when it has one."""
+    found = class_count(sd, entry.family.class_sized)
+    return {**arch, "num_classes": found} if found is not None and "num_classes" in arch else arch
 
 
 def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any], identity: dict[str, Any]
@@ -105,14 +158,16 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
     config = read_config(folder, name=name)
     entry, tag = resolve_name(config["model"])
+    check_overrides(name, config["arch"], overrides)
     arch = merge_arch(config["arch"], overrides)
     if num_classes is not None:
         arch["num_classes"] = num_classes
     model = build_from_entry(entry, arch)
-    identity = _load_folder(model, folder, config, num_classes=num_classes, identity=identity)
+    load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
+              what=f"weights in {folder}")
     saved = config.get("weights") or {}
     model.weights = next((w for w in entry.weights if w.url == saved.get("url") and w.tag == tag), None)
-    set_identity(model, **identity)
+    set_identity(model, **_folder_identity(model, config, identity))
     return model
 
 
@@ -130,7 +185,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
             bare or wrapped as ``{"state_dict": …}`` / ``{"model": …}``), an original mmseg ``.pth``, a
             ``save_pretrained`` folder, or ImageNet backbone weights (timm, JAX ``.npz``), told apart by their
             contents (see ``format``).
-        num_classes: output classes; when it differs from the weights', the classifier is re-initialized.
+        num_classes: output classes (default: the checkpoint's, read from its class-sized tensors, when
+            ``checkpoint_path`` is given; else the entry's). When it differs from the weights', their
+            class-sized tensors are not loaded: the classifier starts fresh, and a warning names them.
         format: the format of ``checkpoint_path`` (a name of :data:`vitseg.convert.FORMATS`), when it should
             not be recognised from the file.
         pretrained_backbone: ImageNet weights for the backbone only (a file or URL; timm, JAX ``.npz`` or the
@@ -159,18 +216,27 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     weights = entry.get_weights(tag) if pretrained else None  # raises for architecture-only entries
-
+    check_overrides(name, entry.arch, overrides)
     arch = merge_arch(entry.arch, overrides)
     if num_classes is not None:
         arch["num_classes"] = num_classes
-    model = build_from_entry(entry, arch)
 
+    sd, fmt, names, config = None, None, None, None
     if checkpoint_path is not None and os.path.isdir(checkpoint_path):
         # a save_pretrained folder: its weights (the model is the one named here)
-        folder = Path(checkpoint_path)
-        identity = _load_folder(model, folder, read_config(folder), num_classes=num_classes, identity=identity)
+        config = read_config(checkpoint_path)
+        sd = read_state_dict(Path(checkpoint_path) / WEIGHTS_NAME)
     elif checkpoint_path is not None:
-        _, names = load_file_into(model, checkpoint_path, format=format, num_classes=num_classes)
+        sd, fmt, names = read_converted(checkpoint_path, format=format, family=entry.family)
+    if sd is not None and num_classes is None and (fmt is None or fmt.scope == "model"):
+        arch = _file_classes(entry, arch, sd)  # a fine-tuned file: the classifier it has
+    model = build_from_entry(entry, arch)
+
+    if config is not None:
+        load_into(model, sd, num_classes=num_classes, what=f"checkpoint {os.fspath(checkpoint_path)}")
+        identity = _folder_identity(model, config, identity)
+    elif fmt is not None:
+        load_converted(model, sd, fmt, num_classes=num_classes, what=f"checkpoint {os.fspath(checkpoint_path)}")
         if class_names is None and names is not None and len(names) == model.num_classes:
             identity["class_names"] = names  # what the file says its classes are
     elif weights is not None:

@@ -508,8 +508,17 @@ def fetch_file(path_or_url: str | os.PathLike) -> Path:
 def fetch_hf_folder(spec: str) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of ``org/repo[@revision]``; return their folder."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
     repo_id, _, revision = spec.partition("@")
     kw = dict(revision=revision or None, local_files_only=_offline())
-    config = hf_hub_download(repo_id, "config.json", **kw)
-    hf_hub_download(repo_id, "model.safetensors", **kw)
+    try:
+        config = hf_hub_download(repo_id, "config.json", **kw)
+        hf_hub_download(repo_id, "model.safetensors", **kw)
+    except LocalEntryNotFoundError as e:
+        if not _offline():
+            raise
+        raise FileNotFoundError(
+            f"hf-hub:{spec}: {repo_id}{f' at revision {revision}' if revision else ''} is not in the Hugging Face "
+            f"cache, and offline mode is on (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}). Unset "
+            "HF_HUB_OFFLINE to download it once, or load a copy on disk with local-dir:PATH.") from e
     return Path(config).parent

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write", "make_temp", "save_safetensors", "write_json", "sha256_file", "unlink_quietly"]
+__all__ = ["atomic_write", "make_temp", "save_safetensors", "write_json", "sha256_file", "unlink_quietly",
+           "check_writable"]
 
 _CHUNK = 1 << 20
 
@@ -28,6 +29,19 @@ def unlink_quietly(path: str | os.PathLike) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Fail before any work if the file ``path`` cannot be written (``what`` names it in the message)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name.")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what} {path}: the folder {folder} does not exist; create it first.")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise PermissionError(f"{what} {path}: {'the file' if os.path.exists(path) else f'the folder {folder}'} "
+                              "is not writable.")
 
 
 def make_temp(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ __all__ = ["save_pretrained", "push_to_hub", "read_config", "read_identity", "CO
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+_REQUIRED = ("model", "arch")  # what loading a folder needs; the rest (names, palette, ...) is optional
 
 
 def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
@@ -133,6 +134,14 @@ def read_config(folder: str | os.PathLike, *, name: str | None = None) -> dict[s
     if not isinstance(config, dict) or config.get("library") != "vitseg":
         library = config.get("library") if isinstance(config, dict) else None
         raise ValueError(f"{path} is not a vitseg config (library={library!r}).")
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"{path} lacks the key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                         "that vitseg.save_pretrained writes; the folder is damaged or hand-made. Save the model "
+                         "again (or add the key: 'model' is the zoo name, 'arch' its architecture kwargs).")
+    if not isinstance(config["model"], str) or not isinstance(config["arch"], dict):
+        raise ValueError(f"{path}: 'model' must be a zoo name (a string) and 'arch' a dict of architecture "
+                         f"kwargs, got {type(config['model']).__name__} and {type(config['arch']).__name__}.")
     return config
 
 

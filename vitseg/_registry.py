@@ -43,8 +43,8 @@ class Family:
         tiny: ``tiny(arch, depth=, img_size=) -> overrides`` for a narrow, shallow version of an entry
             that keeps every structural flag (used by tests, examples and benchmarks).
         describe: ``describe(entry) -> (head, backbone)`` in words, for the zoo table.
-        class_sized: state-dict keys whose size counts classes, with the dimension that does; these are
-            dropped when a checkpoint is loaded with another ``num_classes``.
+        class_sized: state-dict keys whose size counts classes, with the dimension that does; a checkpoint's
+            class count is read from them, and they are dropped when it is loaded with another ``num_classes``.
         rules: extra ``(regex, replacement)`` key renames per checkpoint format (``{"mmseg": [...]}``), for
             modules of this family the format's shared table does not know.
     """

@@ -1,7 +1,9 @@
-"""``vitseg`` command line: list | info | convert | predict | eval | bench | export-zoo.
+"""``vitseg`` command line: list | info | convert | predict | eval | bench | export-zoo | train.
 
 Arguments are parsed before torch is imported, so ``vitseg --help`` answers at once. User errors
-print one line and exit with status 2; ``--verbose`` shows the traceback.
+print one line and exit with status 2; ``--verbose`` shows the traceback. ``vitseg predict`` exits with
+status 1 when some inputs failed (the others are written). Output into a closed pipe (``vitseg list | head``)
+ends quietly.
 """
 from __future__ import annotations
 
@@ -53,15 +55,9 @@ def _device(text: str | None):
 
 def _writable_file(path: str | None, option: str) -> None:
     """Fail before the work starts if ``path`` cannot be written."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path} is a folder; give a file name.")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist; create it first.")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"{option} {path}: the folder {folder} is not writable.")
+    from ._io import check_writable
+    if path is not None:
+        check_writable(path, option)
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -85,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default: *)")
     p.add_argument("--pretrained", action="store_true", help="one row per released checkpoint")
 
-    p = sub.add_parser("info", help="show one entry as JSON")
-    p.add_argument("name")
+    p = sub.add_parser("info", help="show one entry (or a saved model's config) as JSON")
+    p.add_argument("name", help="zoo name, or local-dir:PATH / hf-hub:ORG/REPO (a saved model)")
 
     p = sub.add_parser("convert", help="convert a checkpoint to vitseg safetensors")
     p.add_argument("format", help="format of SRC: mmseg, vitseg (whole models; need --model), timm, jax "
@@ -97,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=POSITIVE, help="backbone formats: resize the position table for this input size")
     p.add_argument("--class-names", metavar="FILE", help="whole-model formats: the classes, one per line (default: "
                                                         "what the checkpoint records, else the dataset's)")
+    p.add_argument("--num-classes", type=POSITIVE, help="whole-model formats: the class count, where the "
+                   "checkpoint's tensors do not tell it (default: the checkpoint's); another count than the "
+                   "checkpoint's starts its classifier fresh, with a warning")
 
     p = sub.add_parser("predict", help="segment images or folders; writes label and overlay PNGs")
     p.add_argument("images", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
@@ -125,8 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=1, help="sliding windows per forward pass")
-    p.add_argument("--workers", type=NON_NEGATIVE, default=min(4, os.cpu_count() or 1),
-                   help="DataLoader workers that decode and resize ahead of the model (default: up to 4)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=None,
+                   help="DataLoader workers that decode and resize ahead of the model (default: up to 4 on "
+                        "CUDA, 0 on CPU, where they would compete with the model for cores)")
     p.add_argument("--max-images", type=POSITIVE, default=None, help="evaluate the first N images only")
     p.add_argument("--out", default=None, help="write the results JSON here")
 
@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-zoo", help="convert zoo checkpoints into Hugging Face Hub folders")
     p.add_argument("out", help="output folder (one subfolder per checkpoint)")
     p.add_argument("--pattern", default="*", help="fnmatch pattern of the names to export")
+
+    from .train.cli import add_parser as add_train_parser
+    add_train_parser(sub)
     return parser
 
 
@@ -196,6 +199,17 @@ def _cmd_list(args: argparse.Namespace) -> None:
 def _cmd_info(args: argparse.Namespace) -> None:
     from . import models  # noqa: F401  (importing the families registers the zoo)
     from ._registry import get_entry
+    if args.name.startswith(("local-dir:", "hf-hub:")):
+        from pathlib import Path
+
+        from ._hub import fetch_hf_folder
+        from ._pretrained import read_config
+        scheme, _, rest = args.name.partition(":")
+        folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
+        config = read_config(folder, name=args.name)
+        get_entry(config["model"])  # a model this vitseg knows
+        print(json.dumps({"name": args.name, "folder": str(folder), **config}, indent=2, ensure_ascii=False))
+        return
     print(json.dumps(get_entry(args.name).to_dict(), indent=2))
 
 
@@ -213,12 +227,16 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         if not args.model:
             raise ValueError(f"convert {fmt.name} needs --model NAME (the zoo entry the checkpoint belongs to)")
         names = _read_names(args.class_names) if args.class_names else None
-        # strict: checks every key
-        model = create_model(args.model, checkpoint_path=args.src, format=fmt.name, class_names=names)
+        # strict: checks every key; the class count is the checkpoint's unless --num-classes says otherwise
+        model = create_model(args.model, checkpoint_path=args.src, format=fmt.name, class_names=names,
+                             num_classes=args.num_classes)
         sd = model.state_dict()
         meta = {"vitseg_model": args.model, "source": os.path.basename(args.src),
                 "class_names": json.dumps(list(model.class_names), ensure_ascii=False)}
     else:
+        if args.num_classes is not None or args.class_names:
+            raise ValueError(f"--num-classes and --class-names describe whole models; {fmt.name} files are "
+                             "ImageNet backbones (no classifier to convert).")
         sd, _ = to_vitseg(read_checkpoint(args.src), format=fmt.name, what=f"The file {args.src}")
         if args.img_size is not None and "pos_embed" in sd:
             sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], args.img_size, sd["patch_embed.proj.weight"].shape[-1])
@@ -240,11 +258,12 @@ def _summary(labels_png: str, class_names: tuple[str, ...]) -> str:
                      for c, i in top)
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.bulk import find_images, predict_files
-    find_images(args.images)  # a missing input fails before the model is loaded
+    from .eval.bulk import find_images, no_images_message, predict_files
+    if not find_images(args.images):  # a missing input, or none with an image, fails before the model is loaded
+        raise FileNotFoundError(no_images_message(args.images))
     device = None if args.device is None and "LOCAL_RANK" in os.environ else _device(args.device)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out} is a file; give a folder for the label maps.")
@@ -253,8 +272,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     r = predict_files(model, args.images, args.out, overlay=not args.no_overlay, overwrite=args.overwrite,
                       num_workers=args.workers, batch_size=args.batch_size, device=device,
                       dtype=torch.bfloat16 if args.bf16 else None, tta=args.tta)
+    failed = bool(r["failed"] or r["empty"])
     if int(os.environ.get("RANK", "0")) != 0:
-        return
+        return int(failed)
     if r["images"] <= 20:
         for path, stem in find_images(args.images):
             labels = os.path.join(args.out, f"{stem}_labels.png")
@@ -264,6 +284,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"{r['written']} written, {r['skipped']} already done, {len(r['failed'])} failed, in {args.out}{note}")
     for path, why in list(r["failed"].items())[:20]:
         print(f"  failed: {path}: {why}", file=sys.stderr)
+    if len(r["failed"]) > 20:
+        print(f"  … and {len(r['failed']) - 20} more failed", file=sys.stderr)
+    for item in r["empty"]:
+        print(f"  no image in {item}", file=sys.stderr)
+    if failed:
+        what = [f"{len(r['failed'])} input{'s' if len(r['failed']) != 1 else ''} failed"] if r["failed"] else []
+        what += [f"{len(r['empty'])} held no image"] if r["empty"] else []
+        print(f"vitseg predict: error: {' and '.join(what)} (listed above); the others were written.",
+              file=sys.stderr)
+    return int(failed)
 
 
 def _read_names(path: str) -> list[str]:
@@ -339,16 +369,51 @@ def _cmd_export_zoo(args: argparse.Namespace) -> None:
         print(f"wrote {save_pretrained(create_model(name, pretrained=True), Path(args.out).expanduser() / name)}")
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of our standard output has gone (a pipe closed by ``head``), as opposed to a broken
+    pipe elsewhere (a download's socket)."""
+    try:
+        import select
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or stdout is not a file descriptor
+        return True
+
+
+def _reader_gone() -> int:
+    """The reader of our output closed it (``vitseg list | head``): stop quietly, as the reader asked."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured)
+        pass
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train.cli import run
+    run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vitseg`` console script; returns the exit status."""
+    """Entry point of the ``vitseg`` console script; returns the exit status.
+
+    A subcommand returns ``None`` (success) or its exit status; user errors it raises end in one line and
+    status 2.
+    """
     args = _parser().parse_args(argv)
     command = {"list": _cmd_list, "info": _cmd_info, "convert": _cmd_convert, "predict": _cmd_predict,
-               "eval": _cmd_eval, "bench": _cmd_bench, "export-zoo": _cmd_export_zoo}[args.command]
+               "eval": _cmd_eval, "bench": _cmd_bench, "export-zoo": _cmd_export_zoo,
+               "train": _cmd_train}[args.command]
     try:
-        command(args)
+        status = command(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
     except (ValueError, TypeError, OSError, ImportError) as e:  # the user's input, not a bug
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return _reader_gone()
         if args.verbose:
             raise
         print(f"vitseg {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

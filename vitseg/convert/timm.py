@@ -52,6 +52,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, img_size: int | tuple[int, int], p
     The source grid is taken as square (mmseg's ``init_weights`` assumes it too); the cls row is kept.
     """
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if min(h, w) < patch_size:
+        raise ValueError(f"img_size {img_size} gives no grid of {patch_size}-pixel patches: it must be at least "
+                         f"the patch size {patch_size} (the input size the model will run at, e.g. 512).")
     new = [h // patch_size, w // patch_size]
     side = math.isqrt(pos_embed.shape[1] - 1)
     if side * side != pos_embed.shape[1] - 1:

@@ -19,34 +19,47 @@ import torch.nn as nn
 
 from .evaluate import _dist_context, _pick_device
 from .pipeline import Backend, load_image, rescale_uint8
-from .predict import label_map, resolve_preprocess
+from .predict import check_batch_size, label_map, resolve_preprocess
 
-__all__ = ["predict_files", "find_images", "IMAGE_SUFFIXES"]
+__all__ = ["predict_files", "find_images", "no_images_message", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
-def find_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+def _scan(item: str) -> list[tuple[str, str]]:
+    """``(path, path relative to the input)`` of the images one input names."""
+    if os.path.isdir(item):
+        found = []
+        for root, dirs, files in os.walk(item):
+            dirs.sort()
+            found += [(os.path.join(root, f), os.path.relpath(os.path.join(root, f), item))
+                      for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+        return found
+    if os.path.isfile(item):
+        return [(item, os.path.basename(item))]
+    matches = sorted(glob.glob(item, recursive=True))
+    if not matches:
+        raise FileNotFoundError(f"No such image, folder or matching file: {item}")
+    return [(m, os.path.basename(m)) for m in matches if os.path.isfile(m)]
+
+
+def find_images(inputs: Sequence[str | os.PathLike], *, empty: list[str] | None = None) -> list[tuple[str, str]]:
     """``(path, output stem)`` of every image the inputs name, sorted; stems are unique.
 
     A file's stem is its name without the suffix; a file found in a folder keeps its path relative to that
     folder. Where two images would share a stem (``a.jpg`` and ``a.png``, or the same relative path under two
     folders), the clashing ones keep their suffix or gain their folder's name.
+
+    Args:
+        inputs: image files, folders (searched recursively for :data:`IMAGE_SUFFIXES`) and glob patterns.
+        empty: if given, the inputs that name no image (a folder without images) are appended to it.
     """
     found: list[tuple[str, str]] = []
     for item in map(os.fspath, inputs):
-        if os.path.isdir(item):
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [(os.path.join(root, f), os.path.relpath(os.path.join(root, f), item))
-                          for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
-        elif os.path.isfile(item):
-            found.append((item, os.path.basename(item)))
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"No such image, folder or matching file: {item}")
-            found += [(m, os.path.basename(m)) for m in matches if os.path.isfile(m)]
+        images = _scan(item)
+        if not images and empty is not None:
+            empty.append(item)
+        found += images
     seen: dict[str, str] = {}
     unique = []
     for path, rel in found:
@@ -65,6 +78,13 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     if len({s for _, s in out}) != len(out):
         raise ValueError("Two inputs map to the same output name; pass them in separate runs.")
     return sorted(out, key=lambda t: t[1])
+
+
+def no_images_message(inputs: Sequence[str | os.PathLike]) -> str:
+    """What to say when ``inputs`` name no image at all."""
+    shown = ", ".join(map(os.fspath, inputs))
+    return (f"No image in {shown}: folders are searched (recursively) for files ending in "
+            f"{', '.join(IMAGE_SUFFIXES)}. Check the path, or name the image files themselves.")
 
 
 class _Images(torch.utils.data.Dataset):
@@ -138,11 +158,16 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
 
     Returns:
         ``written``, ``skipped`` (outputs already there), ``failed`` (``{path: reason}``) and ``images`` over
-        all ranks.
+        all ranks, and ``empty``: the inputs that named no image. Inputs that name no image at all raise
+        ``FileNotFoundError``.
     """
     preprocess = resolve_preprocess(model, None)
+    check_batch_size(batch_size)
     out_dir = os.fspath(out_dir)
-    items = find_images(inputs)
+    empty: list[str] = []
+    items = find_images(inputs, empty=empty)
+    if not items:
+        raise FileNotFoundError(no_images_message(inputs))
     device = torch.device(device) if device is not None else None
     rank, world, owns_group = _dist_context(device)
     device = _pick_device(model, device, owns_group)
@@ -187,4 +212,4 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
         if owns_group:
             dist.destroy_process_group()
     written, skipped, _ = (int(c) for c in counts.cpu())
-    return dict(images=len(items), written=written, skipped=skipped, failed=failed, out_dir=out_dir)
+    return dict(images=len(items), written=written, skipped=skipped, failed=failed, empty=empty, out_dir=out_dir)

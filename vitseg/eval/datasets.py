@@ -2,7 +2,8 @@
 label PNGs, and any registered later).
 
 :func:`open_dataset` opens a copy on disk from its declaration (layout, classes, labels); :class:`ADE20K`
-is the same for ``"ade20k"``. Items are dicts ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64, "path": str}`` at the original size;
+is the same for ``"ade20k"``. Items are dicts ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64, "path": str,
+"label_path": str}`` at the original size;
 the test pipeline (resize, normalize) is applied by :func:`vitseg.evaluate` / :func:`vitseg.predict`.
 """
 from __future__ import annotations
@@ -105,6 +106,10 @@ class FolderDataset:
                 f"{self._label_path(missing[0])}. Labels must have the image's relative path with "
                 f"suffix '{seg_map_suffix}'.")
 
+    def label_path(self, index: int) -> str:
+        """The label file of image ``index``."""
+        return self._label_path(self.images[index])
+
     def _label_path(self, rel: str) -> str:
         stem = rel[: -len(self.img_suffix)] if isinstance(self.img_suffix, str) else os.path.splitext(rel)[0]
         return os.path.join(self.ann_dir, stem + self.seg_map_suffix)
@@ -121,7 +126,7 @@ class FolderDataset:
         if label.shape != img.shape[:2]:
             raise ValueError(f"Label {self._label_path(rel)} is {label.shape[1]}x{label.shape[0]} but image {path} "
                              f"is {img.shape[1]}x{img.shape[0]} (WxH, after EXIF orientation); they must match.")
-        return dict(img=img, label=label, path=path)
+        return dict(img=img, label=label, path=path, label_path=self._label_path(rel))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.img_dir!r}, {len(self)} images, {self.num_classes} classes)"

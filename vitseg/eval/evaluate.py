@@ -16,10 +16,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._io import check_writable
 from ..metrics import IoUMetric, format_table
 from .pipeline import Backend, rescale_uint8
 from .postprocess import DEFAULT_MAX_BYTES
-from .predict import label_map, resolve_preprocess
+from .predict import check_batch_size, label_map, resolve_preprocess
 
 __all__ = ["evaluate"]
 
@@ -31,8 +32,10 @@ class _Prepared(torch.utils.data.Dataset):
     host-to-GPU copies can run asynchronously.
     """
 
-    def __init__(self, dataset: Any, indices: list[int], scale: tuple[int, int] | None, backend: Backend) -> None:
+    def __init__(self, dataset: Any, indices: list[int], scale: tuple[int, int] | None, backend: Backend,
+                 num_classes: int, ignore_index: int) -> None:
         self.dataset, self.indices, self.scale, self.backend = dataset, indices, scale, backend
+        self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -41,12 +44,35 @@ class _Prepared(torch.utils.data.Dataset):
         try:
             item = dict(self.dataset[self.indices[i]])
         except (ValueError, TypeError, OSError) as e:  # reported by the main process, without a worker traceback
-            return dict(error=f"{type(e).__name__}: {e}", index=self.indices[i])
+            return dict(error=f"Image {self.indices[i]} of the dataset cannot be read: {type(e).__name__}: {e}")
         item["label"] = torch.as_tensor(item["label"])
+        problem = _label_problem(item, self.indices[i], self.num_classes, self.ignore_index)
+        if problem:
+            return dict(error=problem)
         if self.scale is not None:
             item["resized"] = torch.from_numpy(rescale_uint8(item["img"], self.scale, backend=self.backend))
             item["size"] = item.pop("img").shape[:2]
         return item
+
+
+def _label_problem(item: dict[str, Any], index: int, num_classes: int, ignore_index: int) -> str | None:
+    """Why a label map cannot be scored against ``num_classes`` classes (values outside them), or ``None``.
+
+    mmseg's metric silently skips such pixels, which turns a label numbering mistake (classes from 1, or a
+    model of too few classes) into a meaningless mIoU; here it stops the run.
+    """
+    label = item["label"]
+    outside = (label != ignore_index) & ((label < 0) | (label >= num_classes))
+    if not bool(outside.any()):
+        return None
+    values = torch.unique(label[outside])
+    where = item.get("label_path") or item.get("path") or f"the label of image {index}"
+    shown = ", ".join(str(int(v)) for v in values[:5]) + (f", … ({len(values)} values)" if len(values) > 5 else "")
+    return (f"Label {where} holds the value {shown} in {int(outside.sum())} pixels, outside the model's "
+            f"{num_classes} classes (0 to {num_classes - 1}; {ignore_index} is ignored). Check the label numbering: "
+            "classes numbered from 1 with 0 for 'unlabelled' need reduce_zero_label=True (vitseg eval "
+            "--reduce-zero-label); other values need a model with that many classes, or label_map / the "
+            "ignore index for them.")
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +116,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         model: a vitseg model (its ``entry.preprocess`` gives the pipeline) or any logits model with
             ``preprocess`` given. It is put in eval mode (and moved to ``device`` if one is given).
         dataset: items ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) ints}`` with ``num_classes``
-            (and optionally ``classes``, ``ignore_index``), e.g. :class:`vitseg.eval.ADE20K`.
+            (and optionally ``classes``, ``ignore_index``), e.g. :class:`vitseg.eval.ADE20K`. A label value
+            outside ``[0, num_classes)`` other than the ignore index stops the run with the file and value.
         device: where to run; default the model's device (``cuda:LOCAL_RANK`` under torchrun with CUDA).
         dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast (mmseg's numbers are fp32).
         batch_size: sliding windows per forward pass (slide mode); whole-mode images run one at a time
@@ -103,20 +130,21 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         max_images: evaluate only the first N images (before sharding).
         preprocess: overrides ``model.entry.preprocess``.
         backend: image backend (``"auto"``: OpenCV when installed, else the bit-exact Pillow/numpy path).
-        out_file: write the results as JSON here (rank 0).
+        out_file: write the results as JSON here (rank 0); checked to be writable before the run.
         progress: show a tqdm bar (rank 0).
         verbose: print the per-class table and the summary (rank 0).
         max_bytes: bound on original-size float temporaries per image.
 
     Returns:
         ``aAcc``, ``mIoU``, ``mAcc`` (percent, unrounded), per-class ``IoU`` / ``Acc`` (NaN where undefined),
-        ``classes``, ``num_images``, ``seconds``, ``images_per_s`` and the settings used.
+        ``classes`` (the model's class names; the dataset's where the model's are only numbers), ``num_images``, ``seconds``, ``images_per_s`` and the settings used.
     """
     preprocess = resolve_preprocess(model, preprocess)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 (or None for all), got {max_images}")
+    if out_file is not None:
+        check_writable(out_file, "out_file")  # before the run, not after it
     device = torch.device(device) if device is not None else None
     rank, world, owns_group = _dist_context(device)
     device = _pick_device(model, device, owns_group)
@@ -130,7 +158,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         pin_memory = device.type == "cuda"
     # the workers pre-resize (uint8) for mmcv's resize only; other transforms run in label_map
     pre_resize = not tta and preprocess.resize_mode == "mmcv"
-    prepared = _Prepared(dataset, indices, tuple(preprocess.resize) if pre_resize else None, backend)
+    prepared = _Prepared(dataset, indices, tuple(preprocess.resize) if pre_resize else None, backend,
+                         num_classes, ignore_index)
     loader = torch.utils.data.DataLoader(prepared, batch_size=1, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate, pin_memory=pin_memory)
     metric = IoUMetric(num_classes, ignore_index=ignore_index, device=device)
@@ -164,7 +193,11 @@ def _pick_device(model: nn.Module, device: torch.device | None, owns_group: bool
 
 
 def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], int]:
-    """(num_classes, class names, ignore index) of the dataset; refuses a model of another class count."""
+    """(num_classes, class names, ignore index) of the dataset; refuses a model of another class count.
+
+    The names are the model's own (``model.class_names``, which a fine-tune sets), unless it has only
+    numbers for them and the dataset has names.
+    """
     model_classes = getattr(model, "num_classes", None)
     num_classes = getattr(dataset, "num_classes", None) or model_classes
     if num_classes is None:
@@ -174,7 +207,11 @@ def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], in
                          "mIoU would mean nothing. Evaluate a model trained on this dataset's classes (e.g. "
                          f"fine-tuned with create_model(..., num_classes={num_classes})), or give the dataset "
                          "the model's class list.")
-    classes = list(getattr(dataset, "classes", [str(i) for i in range(num_classes)]))
+    numbered = [str(i) for i in range(num_classes)]
+    classes = [str(c) for c in getattr(dataset, "classes", numbered)]
+    own = [str(c) for c in getattr(model, "class_names", None) or ()]
+    if len(own) == num_classes and (own != numbered or len(classes) != num_classes):
+        classes = own
     return num_classes, classes, getattr(dataset, "ignore_index", 255)
 
 
@@ -190,7 +227,7 @@ def _run(model: nn.Module, loader: Any, metric: IoUMetric, preprocess: Any, *, d
     try:
         for (item,) in loader:
             if "error" in item:
-                raise ValueError(f"Image {item['index']} of the dataset cannot be read: {item['error']}")
+                raise ValueError(item["error"])
             label = item["label"].to(device, non_blocking=True)
             pred = label_map(model, item.get("img"), preprocess, tta=tta, backend=backend, device=device,
                              batch_size=batch_size, dtype=dtype, max_bytes=max_bytes,

@@ -170,7 +170,15 @@ def load_image(image: str | os.PathLike | Any, *, backend: Backend = "auto") -> 
             import cv2
 
             buf = np.fromfile(path, dtype=np.uint8)
-            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+            try:
+                bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+            except cv2.error as e:  # not a ValueError: callers would see OpenCV's own exception type
+                detail = str(e).strip().splitlines()[-1]
+                hint = (" The image is larger than OpenCV decodes by default; if you trust the file, raise the "
+                        "limit with the environment variable OPENCV_IO_MAX_IMAGE_PIXELS=<pixels> (set before "
+                        "OpenCV is imported), or decode with backend='pillow'."
+                        if "MAX_IMAGE_PIXELS" in detail else "")
+                raise ValueError(f"Cannot decode image {path} with OpenCV ({detail}).{hint}") from None
             if bgr is None:
                 raise ValueError(f"Cannot decode image {path} with OpenCV; is it a valid image file?")
             return np.ascontiguousarray(bgr[:, :, ::-1])

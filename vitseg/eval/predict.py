@@ -23,12 +23,26 @@ if TYPE_CHECKING:
 
     from ..data import Preprocess
 
-__all__ = ["predict", "label_map", "prob_map", "model_logits", "resolve_preprocess", "get_transform"]
+__all__ = ["predict", "label_map", "prob_map", "model_logits", "resolve_preprocess", "get_transform",
+           "check_batch_size"]
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """Refuse a ``batch_size`` that is not a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (sliding windows per forward pass), got "
+                         f"{batch_size!r}")
 
 
 def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None) -> Preprocess:
     """``preprocess`` if given, else ``model.entry.preprocess`` (set by :func:`vitseg.create_model`)."""
+    from ..data import Preprocess as _Preprocess
+
     if preprocess is not None:
+        if not isinstance(preprocess, _Preprocess):
+            raise TypeError(f"preprocess must be a vitseg.Preprocess (e.g. model.entry.preprocess, or "
+                            f"dataclasses.replace(model.entry.preprocess, resize=...)), got "
+                            f"{type(preprocess).__name__}: {preprocess!r:.80}")
         return preprocess
     entry = getattr(model, "entry", None)
     if entry is None:
@@ -212,6 +226,7 @@ def predict(model: nn.Module, image: str | os.PathLike | Any, *, tta: bool = Fal
     """
     if output not in ("labels", "probs"):
         raise ValueError(f"output must be 'labels' or 'probs', got {output!r}")
+    check_batch_size(batch_size)
     preprocess = resolve_preprocess(model, preprocess)
     if isinstance(image, (list, tuple)):
         return [predict(model, im, tta=tta, output=output, preprocess=preprocess, device=device, dtype=dtype,

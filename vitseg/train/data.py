@@ -64,7 +64,7 @@ def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_
 
 
 def _label_file(dataset: FolderDataset, index: int) -> str:
-    return dataset._label_path(dataset.images[index])  # FolderDataset's own same-stem rule
+    return dataset.label_path(index)
 
 
 def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, workers: int = 8) -> None:
