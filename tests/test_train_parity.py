@@ -154,7 +154,7 @@ def _model(fx: dict) -> torch.nn.Module:
 def _vitseg_names(fx: dict, model: torch.nn.Module) -> dict[str, str]:
     """mmseg parameter name -> vitseg name, by the checkpoint converter."""
     rules = model.entry.family.rules.get("mmseg", ())
-    return {mm: vs for vs, mm in convert_mmseg({n: n for n in fx["grads"]}, rules).items()}
+    return {mm: vs for vs, mm in convert_mmseg({n: n for n in [*fx["settings"], *fx["grads"]]}, rules).items()}
 
 
 def _recipe(fx: dict):

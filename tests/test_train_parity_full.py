@@ -50,6 +50,8 @@ def test_full_size_training_step_matches_mmseg(name: str) -> None:
             assert ours[names[mm]] == pytest.approx((lr, wd), rel=1e-12), mm
     assert len(ours) == sum(params[names[mm]].requires_grad for mm in fx["settings"])
 
+    if not fx["losses"]:  # recorded without a step (too large for the generator's machine): settings only
+        return
     losses = compute_loss(model, fx["images"], fx["labels"], recipe)
     for key, value in fx["losses"].items():
         assert float(losses[key]) == pytest.approx(value, abs=1e-3 if "acc" in key else 1e-4), key
@@ -58,12 +60,21 @@ def test_full_size_training_step_matches_mmseg(name: str) -> None:
         p = params[names[mm]]
         if p.requires_grad:
             got = _summary(p.grad)
-            torch.testing.assert_close(got, ref, rtol=2e-3, atol=1e-4 * max(1.0, float(ref[2:].abs().max())),
+            # norm and first values to float32 noise; the sum, which can cancel, to noise on the norm's scale
+            assert float(got[0]) == pytest.approx(float(ref[0]), rel=2e-3, abs=1e-6), f"gradient norm of {mm}"
+            assert abs(float(got[1] - ref[1])) <= 1e-3 * float(ref[0]) * p.numel() ** 0.5 + 1e-6, f"gradient sum of {mm}"
+            torch.testing.assert_close(got[2:], ref[2:], rtol=2e-3, atol=1e-4 * max(1.0, float(ref[2:].abs().max())),
                                        msg=lambda m, mm=mm: f"gradient of {mm}: {m}")
     opt = build_optimizer(model, recipe)
+    grads = {n: p.grad.detach().flatten()[:256].clone() for n, p in params.items() if p.grad is not None}
     opt.step()  # from our gradients: their summaries matched mmseg's above
     for mm, ref in fx["after"].items():
         p = params[names[mm]]
-        if p.requires_grad:
-            torch.testing.assert_close(_summary(p)[2:], ref[2:], rtol=0, atol=1e-6,
-                                       msg=lambda m, mm=mm: f"updated {mm}: {m}")
+        if not p.requires_grad:
+            continue
+        # AdamW's first step is lr * g / (|g| + eps): where a gradient is at float32 noise level its sign,
+        # and so the update, may differ from mmseg's; compare where the gradient stands out of the noise
+        g = grads[names[mm]].double()
+        keep = g.abs() > max(1e-5, 1e-4 * float(g.abs().max())) if recipe.optimizer == "adamw" else slice(None)
+        torch.testing.assert_close(_summary(p)[2:][keep], ref[2:][keep], rtol=0, atol=1e-6,
+                                   msg=lambda m, mm=mm: f"updated {mm}: {m}")
