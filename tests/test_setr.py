@@ -105,7 +105,8 @@ def test_auxiliary_heads_train_and_return_a_list() -> None:
 
 
 def test_finetune_with_auxiliary_heads_and_new_classes() -> None:
-    model = _fixture_model("setr_mla_vit_l16", auxiliary_head=True, num_classes=3)
+    with pytest.warns(UserWarning, match="auxiliary_head.3.conv_seg.weight"):  # the classifiers start fresh
+        model = _fixture_model("setr_mla_vit_l16", auxiliary_head=True, num_classes=3)
     assert all(h.conv_seg.out_channels == 3 for h in model.auxiliary_head)
     assert model.decode_head.conv_seg.out_channels == 3
     assert set(FAMILY.class_sized) >= {"decode_head.conv_seg.weight", "auxiliary_head.3.conv_seg.bias"}

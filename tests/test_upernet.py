@@ -136,7 +136,8 @@ def test_drop_path_follows_config(name: str, rate: float) -> None:
 
 
 def test_finetune_with_auxiliary_head_and_new_classes() -> None:
-    model = _fixture_model(auxiliary_head=True, aux_channels=8, num_classes=3).train()
+    with pytest.warns(UserWarning, match="auxiliary_head.conv_seg.weight"):  # the classifiers start fresh
+        model = _fixture_model(auxiliary_head=True, aux_channels=8, num_classes=3).train()
     assert model.decode_head.conv_seg.out_channels == model.auxiliary_head.conv_seg.out_channels == 3
     out, aux = model(load_io(AUX_FIXTURE)["batch2.input"])
     assert out.shape[1] == aux.shape[1] == 3
