@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitseg"
 # Lower layers never import higher ones: cli -> api (create_model, predict, evaluate) -> hub -> checkpoint
 # -> registry; families (vitseg.models) depend on the registry, the dataset declarations and the layers.
 LAYERS = [
-    ["vitseg._version", "vitseg._io", "vitseg.data", "vitseg.recipe"],
+    ["vitseg._version", "vitseg._io", "vitseg._argtypes", "vitseg.data", "vitseg.recipe"],
     ["vitseg._registry", "vitseg.layers", "vitseg.metrics", "vitseg.viz", "vitseg.convert"],
     ["vitseg.models", "vitseg._checkpoint", "vitseg._pretrained"],
     ["vitseg._hub"],

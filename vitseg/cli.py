@@ -12,24 +12,9 @@ import json
 import os
 import sys
 
+from ._argtypes import NON_NEGATIVE, POSITIVE
+
 __all__ = ["main"]
-
-
-def _count(minimum: int):
-    """An argparse type: an integer of at least ``minimum`` (checked when the arguments are parsed)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-POSITIVE, NON_NEGATIVE = _count(1), _count(0)
 
 
 def _device(text: str | None):

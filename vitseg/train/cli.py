@@ -16,35 +16,14 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from .._argtypes import NON_NEGATIVE, POSITIVE, positive_float
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from ..recipe import Recipe
 
 __all__ = ["add_parser", "run", "recipe_with_overrides"]
-
-
-def _integer(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _crop(text: str) -> tuple[int, int]:
@@ -60,7 +39,7 @@ def _crop(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``vitseg``'s subparsers."""
-    positive, non_negative = _integer(1), _integer(0)
+    positive, non_negative = POSITIVE, NON_NEGATIVE
     p = subparsers.add_parser(
         "train", help="train or fine-tune a model with the recipe its checkpoint was trained with",
         description="Train or fine-tune a zoo model with its mmseg recipe (optimizer, schedule, losses, "
@@ -93,7 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="images per process and iteration (default: the recipe's)")
     p.add_argument("--crop-size", type=_crop, metavar="S|HxW",
                    help="training crop (default: the recipe's); the resize scale follows it")
-    p.add_argument("--lr", metavar="LR", type=_positive_float, help="base learning rate (default: the recipe's)")
+    p.add_argument("--lr", metavar="LR", type=positive_float, help="base learning rate (default: the recipe's)")
     p.add_argument("--warmup-iters", metavar="N", type=non_negative,
                    help="linear warm-up iterations (default: the recipe's)")
     p.add_argument("--amp", choices=["bf16", "fp16", "fp32"],
