@@ -161,7 +161,7 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     scheme, _, rest = name.partition(":")
     folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
     config = read_config(folder, name=name)
-    entry, tag = resolve_name(config["model"])
+    entry, _ = resolve_name(config["model"])
     check_overrides(name, config["arch"], overrides)
     arch = merge_arch(config["arch"], overrides)
     if num_classes is not None:
@@ -170,7 +170,9 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
               what=f"weights in {folder}")
     saved = config.get("weights") or {}
-    model.weights = next((w for w in entry.weights if w.url == saved.get("url") and w.tag == tag), None)
+    # By URL, not by the saved name's tag: a folder saved as "<name>" still matches its weights once the
+    # entry's checkpoint has been tagged ("<name>.80k") or another one added.
+    model.weights = next((w for w in entry.weights if w.url == saved.get("url")), None)
     set_identity(model, **_folder_identity(model, config, identity))
     return model
 
