@@ -1,10 +1,12 @@
 """Downloads, the cache and Hub folders (vitseg._hub), against a loopback HTTP server; no internet."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -94,7 +96,7 @@ def test_download_converts_caches_and_works_offline(home, server, register, monk
     _same_weights(model.state_dict(), vitseg.create_model(name, checkpoint_path=path).state_dict())
     assert model.weights.url == url and server.gets[f"/segmenter/{path.name}"] == 1
 
-    folder = home / name
+    folder = home / path.stem  # the cache is keyed by the file
     assert _files(folder) == ["model.safetensors", "source.json"]  # the downloaded .pth was deleted
     info = json.loads((folder / "source.json").read_text())
     assert info["sha256"] == ht.sha256_of(path) and info["url"] == url
@@ -116,7 +118,7 @@ def test_weights_already_in_vitseg_format(home, server, register):
     file = file.rename(file.with_name(f"tiny_8-{sha256[:8]}.safetensors"))
     name = register(f"{server.url}/{file.name}", sha256=sha256, format="vitseg")
     _same_weights(vitseg.create_model(name, pretrained=True).state_dict(), source.state_dict())
-    assert json.loads((home / name / "source.json").read_text())["sha256"] == sha256
+    assert json.loads((home / file.stem / "source.json").read_text())["sha256"] == sha256
 
 
 @pytest.mark.parametrize("case", ["name_suffix", "full_sha256"])
@@ -150,7 +152,7 @@ def test_http_404_names_the_url_and_the_fix(home, server, register):
         vitseg.create_model(name, pretrained=True)
     msg = str(err.value)
     assert url in msg and f"create_model('{name}', checkpoint_path=" in msg
-    assert str(home / name / "missing_20220105_151706-12345678.pth") in msg
+    assert str(home / "missing_20220105_151706-12345678" / "missing_20220105_151706-12345678.pth") in msg
     _assert_clean(home)
 
 
@@ -182,7 +184,7 @@ def test_file_placed_by_hand_in_the_cache(home, tmp_path, register):
     source = ht.random_model(3)
     elsewhere = ht.write_mmseg_checkpoint(source, tmp_path / "manual", "tiny_3_20220105_151706")
     name = register(f"http://127.0.0.1:9/never/{elsewhere.name}")  # nothing listens on port 9
-    folder = home / name
+    folder = home / elsewhere.stem
     folder.mkdir(parents=True)
     os.replace(elsewhere, folder / elsewhere.name)
     model = vitseg.create_model(name, pretrained=True)
@@ -191,12 +193,12 @@ def test_file_placed_by_hand_in_the_cache(home, tmp_path, register):
 
     other = ht.write_mmseg_checkpoint(ht.random_model(4), tmp_path / "manual", "tiny_4_20220105_151706")
     wrong_name = register(f"http://127.0.0.1:9/never/{other.name[:-13]}-00000000.pth")
-    (home / wrong_name).mkdir()
-    placed = home / wrong_name / f"{other.name[:-13]}-00000000.pth"
+    placed = home / f"{other.name[:-13]}-00000000" / f"{other.name[:-13]}-00000000.pth"
+    placed.parent.mkdir()
     os.replace(other, placed)
     with pytest.raises(ValueError, match="placed by hand"):
         vitseg.create_model(wrong_name, pretrained=True)
-    assert _files(home / wrong_name) == [placed.name]  # the user's file is left alone, nothing added
+    assert _files(placed.parent) == [placed.name]  # the user's file is left alone, nothing added
 
 
 def test_mirror_serving_a_wrong_file_under_a_real_zoo_name(home, tmp_path, monkeypatch):
@@ -285,7 +287,69 @@ def test_two_processes_fetch_once(home, server, tmp_path):
         _finish(p)
         assert line[1:] == [_digest(source), url]
     assert server.gets[f"/segmenter/{path.name}"] == 1
-    assert _files(home / name) == ["model.safetensors", "source.json"]
+    assert _files(home / path.stem) == ["model.safetensors", "source.json"]
+
+
+def _retag(name: str, *checkpoints: tuple[str, str]) -> None:
+    """Register ``name`` again with the checkpoints ``(tag, url)``, the first the default (as a release that
+    tags an entry's only checkpoint, or adds one, does)."""
+    entry = vitseg.get_entry(name)
+    unregister_model(name)
+    vitseg.register_model(dataclasses.replace(entry, weights=tuple(
+        dataclasses.replace(entry.weights[0], url=url, tag=tag) for tag, url in checkpoints)))
+
+
+def test_tagging_the_only_checkpoint_does_not_download_it_again(home, server, register, tmp_path):
+    first, path, url = _publish(server, seed=2)
+    second, path2, url2 = _publish(server, seed=3)
+    name = register(url)
+    vitseg.create_model(name, pretrained=True).save_pretrained(tmp_path / "saved")  # saved as "<name>"
+    assert server.gets == {f"/segmenter/{path.name}": 1}
+
+    _retag(name, ("80k", url), ("160k", url2))
+    model = vitseg.create_model(f"{name}.80k", pretrained=True)
+    _same_weights(model.state_dict(), first.state_dict())
+    assert server.gets == {f"/segmenter/{path.name}": 1}  # the cache still matches: no request
+    assert model.weights.tag == "80k"
+    _same_weights(vitseg.create_model(f"{name}.160k", pretrained=True).state_dict(), second.state_dict())
+    assert server.gets == {f"/segmenter/{path.name}": 1, f"/segmenter/{path2.name}": 1}
+    assert sorted(p.name for p in home.iterdir() if p.name != ".locks") == sorted([path.stem, path2.stem])
+
+    saved = vitseg.create_model(f"local-dir:{tmp_path / 'saved'}")  # still knows its weights, by their URL
+    assert saved.weights is not None and (saved.weights.url, saved.weights.tag) == (url, "80k")
+
+
+@pytest.mark.parametrize("old", ["name", "name.tag", "placed_by_hand"])
+def test_a_cache_folder_of_the_earlier_layout_moves_into_place(home, server, register, monkeypatch, old):
+    source, path, url = _publish(server, seed=4)
+    name = register(url)
+    new = home / path.stem
+    if old == "placed_by_hand":  # where the messages of earlier versions said to put the file
+        folder = home / name
+        folder.mkdir(parents=True)
+        shutil.copy(path, folder / path.name)
+    else:  # converted, then where an earlier vitseg kept it: "<name>", or "<name>.<tag>" once tagged
+        vitseg.create_model(name, pretrained=True)
+        folder = home / (name if old == "name" else f"{name}.80k")
+        os.rename(new, folder)
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing can be downloaded again
+    _retag(name, ("80k", url), ("160k", f"{server.url}/segmenter/other_20220105_151706-12345678.pth"))
+    _same_weights(vitseg.create_model(f"{name}.80k", pretrained=True).state_dict(), source.state_dict())
+    assert not folder.exists() and _files(new) == ["model.safetensors", "source.json"]
+
+
+def test_an_earlier_layout_folder_of_another_checkpoint_stays(home, server, register):
+    first, path, url = _publish(server, seed=5)
+    second, _, url2 = _publish(server, seed=6)
+    name = register(url)
+    vitseg.create_model(name, pretrained=True)
+    os.rename(home / path.stem, home / name)  # the earlier layout
+    _retag(name, ("new", url2), ("old", url))  # another checkpoint became the default
+    _same_weights(vitseg.create_model(name, pretrained=True).state_dict(), second.state_dict())
+    assert _files(home / name) == ["model.safetensors", "source.json"]  # not taken for the new default's
+    _same_weights(vitseg.create_model(f"{name}.old", pretrained=True).state_dict(), first.state_dict())
+    assert not (home / name).exists() and server.gets[f"/segmenter/{path.name}"] == 1
 
 
 # ----------------------------------------------------------------------------- Hub folders

@@ -130,7 +130,7 @@ def test_corrupt_cache_entry_is_fetched_again_never_loaded(home, server, registe
     if artifact == "zoo":
         source, path, url = _publish(server)
         name = register(url)
-        cached = home / name / "model.safetensors"
+        cached = home / path.stem / "model.safetensors"
         fetch = lambda: vitseg.create_model(name, pretrained=True).state_dict()  # noqa: E731
         expected = source.state_dict()
     else:
@@ -160,17 +160,17 @@ def test_corrupt_cache_entry_is_fetched_again_never_loaded(home, server, registe
 
 def test_cache_entry_without_checksum_is_checked_and_recorded(home, server, register, tmp_path, monkeypatch):
     # Zoo weights cached by a vitseg that recorded no checksum: read once under the lock, then recorded.
-    source, _, url = _publish(server, seed=1)
+    source, path, url = _publish(server, seed=1)
     name = register(url)
     vitseg.create_model(name, pretrained=True)
-    meta = home / name / "source.json"
+    meta = home / path.stem / "source.json"
     info = json.loads(meta.read_text())
     del info["cached_sha256"]
     meta.write_text(json.dumps(info))
     server.stop()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _same_weights(vitseg.create_model(name, pretrained=True).state_dict(), source.state_dict())
-    assert json.loads(meta.read_text())["cached_sha256"] == ht.sha256_of(home / name / "model.safetensors")
+    assert json.loads(meta.read_text())["cached_sha256"] == ht.sha256_of(meta.with_name("model.safetensors"))
 
     # Files put in <home>/pretrained by hand, as the error messages suggest: nothing listens on port 9.
     good = _timm_file(tmp_path / "by_hand", seed=2)
@@ -337,7 +337,7 @@ def test_a_process_waiting_for_another_says_so(home, server):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_written_files_respect_the_umask(home, server, register, tmp_path, umask, mode):
-    _, _, url = _publish(server, seed=6)
+    _, path, url = _publish(server, seed=6)
     name = register(url)
     timm_file = _timm_file(server.root)
     old = os.umask(umask)
@@ -348,7 +348,7 @@ def test_written_files_respect_the_umask(home, server, register, tmp_path, umask
         assert main(["convert", "timm", str(timm_file), str(tmp_path / "out" / "vit.safetensors")]) == 0
     finally:
         os.umask(old)
-    written = [home / name / "model.safetensors", home / name / "source.json",
+    written = [home / path.stem / "model.safetensors", home / path.stem / "source.json",
                home / "pretrained" / timm_file.name, home / "pretrained" / f"{timm_file.name}.source.json",
                *(tmp_path / "saved").iterdir(), tmp_path / "out" / "vit.safetensors"]
     assert len(written) == 8

@@ -17,13 +17,16 @@ import pickle
 import warnings
 import zipfile
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from ._registry import Family
 from .convert import CheckpointFormat, get_format, identify_format
+
+if TYPE_CHECKING:
+    from .models.segmentor import Segmentor
 
 __all__ = ["read_checkpoint", "read_state_dict", "sniff", "CHECKPOINT_KINDS", "to_vitseg", "read_converted",
            "load_into", "load_backbone", "load_converted", "load_file_into", "load_strict", "describe_mismatch",
@@ -304,7 +307,7 @@ def _auxiliary_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str
     return dict(sd), fresh
 
 
-def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, num_classes: int | None = None,
+def load_into(model: Segmentor, sd: Mapping[str, torch.Tensor], *, num_classes: int | None = None,
               what: str = "checkpoint") -> None:
     """Load a whole-model vitseg state dict strictly, with the exceptions a user asks for.
 
@@ -315,7 +318,7 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, num_classes: 
     """
     sd, fresh = _auxiliary_keys(model, sd, what)
     dropped: list[str] = []
-    entry = getattr(model, "entry", None)
+    entry = model.entry
     if num_classes is not None and entry is not None:
         found = class_count(sd, entry.family.class_sized)
         sd, dropped = drop_class_sized(sd, num_classes, entry.family.class_sized)
@@ -341,13 +344,13 @@ def load_backbone(backbone: nn.Module, sd: Mapping[str, torch.Tensor], *, what: 
     load_strict(backbone, sd, what=what)
 
 
-def load_file_into(model: nn.Module, path: str | os.PathLike, *, format: str | None = None,
+def load_file_into(model: Segmentor, path: str | os.PathLike, *, format: str | None = None,
                    num_classes: int | None = None) -> tuple[CheckpointFormat, list[str] | None]:
     """Read ``path``, convert it and load it into ``model`` (whole model or, for ImageNet formats, its backbone).
 
     Returns the checkpoint's format and, for whole-model files, the class names the file records (if any).
     """
-    entry = getattr(model, "entry", None)
+    entry = model.entry
     sd, fmt, names = read_converted(path, format=format, family=entry.family if entry else None)
     load_converted(model, sd, fmt, num_classes=num_classes, what=f"checkpoint {os.fspath(path)}")
     return fmt, names

@@ -19,6 +19,7 @@ from ._hub import fetch_file, fetch_hf_folder, fetch_weights
 from ._pretrained import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
 from .data import default_palette
+from .models.segmentor import Segmentor
 
 __all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch", "check_overrides",
            "set_identity"]
@@ -97,7 +98,7 @@ def _check_palette(palette: Sequence[Sequence[int]], n: int) -> tuple[tuple[int,
     return tuple(colours)
 
 
-def set_identity(model: nn.Module, *, class_names: Sequence[str] | None = None,
+def set_identity(model: Segmentor, *, class_names: Sequence[str] | None = None,
                  palette: Sequence[Sequence[int]] | None = None, dataset: str | None = None) -> None:
     """Record what the model's outputs mean: class names, colours and the dataset they come from.
 
@@ -123,7 +124,7 @@ def set_identity(model: nn.Module, *, class_names: Sequence[str] | None = None,
     model.dataset = dataset or (entry.dataset if same_as_entry else "custom")
 
 
-def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
+def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> Segmentor:
     """Call the entry's builder, turning a bad keyword into an error that lists the valid ones."""
     try:
         inspect.signature(entry.build).bind(**arch)
@@ -131,12 +132,15 @@ def build_from_entry(entry: ZooEntry, arch: dict[str, Any]) -> nn.Module:
         valid = ", ".join(inspect.signature(entry.build).parameters)
         raise TypeError(f"Bad architecture override for '{entry.name}': {e}. Valid keywords: {valid}.") from None
     model = entry.build(**arch)
+    if not isinstance(model, Segmentor):
+        raise TypeError(f"The builder of '{entry.name}' ({entry.family.name} family) returned a "
+                        f"{type(model).__name__}; zoo builders return a vitseg.models.Segmentor.")
     model.entry = entry
     model.arch = arch
     return model
 
 
-def _folder_identity(model: nn.Module, config: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+def _folder_identity(model: Segmentor, config: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     """``identity`` completed with the class names, palette and dataset a ``save_pretrained`` config records
     (when its class count is the model's)."""
     saved = read_identity(config)
@@ -152,12 +156,12 @@ def _file_classes(entry: ZooEntry, arch: dict[str, Any], sd: dict[str, Any]) -> 
 
 
 def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any], identity: dict[str, Any]
-                 ) -> nn.Module:
+                 ) -> Segmentor:
     """Build and load a ``save_pretrained`` folder: ``local-dir:/path`` or ``hf-hub:org/repo[@revision]``."""
     scheme, _, rest = name.partition(":")
     folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
     config = read_config(folder, name=name)
-    entry, tag = resolve_name(config["model"])
+    entry, _ = resolve_name(config["model"])
     check_overrides(name, config["arch"], overrides)
     arch = merge_arch(config["arch"], overrides)
     if num_classes is not None:
@@ -166,7 +170,9 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
               what=f"weights in {folder}")
     saved = config.get("weights") or {}
-    model.weights = next((w for w in entry.weights if w.url == saved.get("url") and w.tag == tag), None)
+    # By URL, not by the saved name's tag: a folder saved as "<name>" still matches its weights once the
+    # entry's checkpoint has been tagged ("<name>.80k") or another one added.
+    model.weights = next((w for w in entry.weights if w.url == saved.get("url")), None)
     set_identity(model, **_folder_identity(model, config, identity))
     return model
 
@@ -174,7 +180,7 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
 def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
                  num_classes: int | None = None, *, format: str | None = None,
                  pretrained_backbone: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
-                 palette: Sequence[Sequence[int]] | None = None, **overrides: Any) -> nn.Module:
+                 palette: Sequence[Sequence[int]] | None = None, **overrides: Any) -> Segmentor:
     """Build a zoo model, optionally with weights; returned in eval mode.
 
     Args:
@@ -265,12 +271,14 @@ def load_pretrained_backbone(model: nn.Module, path_or_url: str | os.PathLike, *
             ``.pth``/``.safetensors`` files, ``"jax"`` for Google ``.npz``); recognised from the file if
             not given.
     """
-    backbone = getattr(model, "backbone", model)
+    if isinstance(model, Segmentor):
+        backbone, entry = model.backbone, model.entry  # its family may rename keys its backbone adds (BEiT's)
+    else:
+        backbone, entry = model, None  # a bare backbone
     if not hasattr(backbone, "forward_intermediates"):
         raise TypeError(f"Expected a vitseg model or backbone, got {type(backbone).__name__}.")
     path = fetch_file(path_or_url)
     what = f"backbone checkpoint {os.fspath(path_or_url)}"
-    entry = getattr(model, "entry", None)  # its family may rename keys its backbone adds (BEiT's)
     sd, fmt = to_vitseg(read_checkpoint(path), format=format, family=entry.family if entry else None,
                         what=f"The {what}")
     if fmt.scope != "backbone":

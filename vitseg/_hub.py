@@ -4,13 +4,20 @@ This module fetches and caches; building models from what it fetches is :func:`v
 
 Cache layout under ``$VITSEG_HOME`` (default ``~/.cache/vitseg``)::
 
-    <name>[.<tag>]/model.safetensors  the converted weights (vitseg names, auxiliary head included)
-    <name>[.<tag>]/source.json        where they came from (url, full SHA-256 of the original file) and
-                                      ``cached_sha256``, the SHA-256 of model.safetensors as written
-    <name>[.<tag>]/<original file>    optional: a file downloaded by hand, consumed on the next call
-    pretrained/<file>                 other files fetched by URL (:func:`fetch_file`, e.g. ImageNet backbones)
-    pretrained/<file>.source.json     its URL and SHA-256
-    .locks/<dir>.lock                 one lock per directory, so concurrent processes fetch once
+    <file>/model.safetensors       the converted weights (vitseg names, auxiliary head included)
+    <file>/source.json             where they came from (url, full SHA-256 of the original file) and
+                                   ``cached_sha256``, the SHA-256 of model.safetensors as written
+    <file>/<original file>         optional: a file downloaded by hand, consumed on the next call
+    pretrained/<file>              other files fetched by URL (:func:`fetch_file`, e.g. ImageNet backbones)
+    pretrained/<file>.source.json  its URL and SHA-256
+    .locks/<dir>.lock              one lock per directory, so concurrent processes fetch once
+
+A zoo checkpoint's folder is named after its file, not after the entry (see :func:`cache_dir`): the name
+of the URL's file without its extension (``upernet_deit-s16_…_20210624_095228-afc93ec2``), which carries
+the first hex digits of its SHA-256; a file name without them gets a hash of the URL instead. So tagging
+an entry's only checkpoint, or adding another, leaves its cache where it is. A folder of the earlier
+layout (``<name>`` or ``<name>.<tag>``, the entry's name) that holds the same weights (its ``source.json``
+records their URL) or the original file placed by hand is moved into place on first use.
 
 Every cached file is checked against the SHA-256 recorded when it was written before it is used; one
 that does not match is fetched again (with a warning naming it), never loaded as it is.
@@ -62,6 +69,7 @@ _STALL_S = 60.0  # VITSEG_DOWNLOAD_TIMEOUT: seconds without a byte
 _DEADLINE_S = 3 * 3600.0  # VITSEG_DOWNLOAD_DEADLINE: a 2.5 GB checkpoint at 250 kB/s
 _CHUNK = 1 << 20
 _URL = re.compile(r"^(https?|file)://")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")  # a folder name on every OS, never hidden
 
 
 # --------------------------------------------------------------------------- paths and settings
@@ -102,9 +110,18 @@ def mmseg_url(url: str) -> str:
     return url
 
 
-def cache_dir(entry: ZooEntry, weights: Weights) -> Path:
-    """``<home>/<name>[.<tag>]``: where the converted weights of one checkpoint live."""
-    return vitseg_home() / entry.full_name(weights)
+def cache_dir(weights: Weights) -> Path:
+    """``<home>/<file>``: where the converted weights of one checkpoint file live, whichever entry names it.
+
+    ``<file>`` is the URL's file name without its extension when that name carries the file's SHA-256
+    prefix (mmseg's ``…-<8 hex>.pth``), else that name plus ``-url`` and 8 hex digits of the URL's SHA-256.
+    """
+    stem = weights.file_name.rsplit(".", 1)[0]
+    if weights.hash_prefix and _SAFE_NAME.match(stem):
+        return vitseg_home() / stem
+    url_hash = hashlib.sha256(weights.url.encode("utf-8")).hexdigest()[:8]
+    stem = stem if _SAFE_NAME.match(stem) else "weights"
+    return vitseg_home() / f"{stem}-url{url_hash}"
 
 
 def _offline() -> bool:
@@ -411,16 +428,55 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
     return sd
 
 
+def _old_folders(entry: ZooEntry, weights: Weights) -> list[Path]:
+    """Cache folders of the earlier layout (``<home>/<name>[.<tag>]``) that hold these weights: converted
+    (their ``source.json`` records the weights' URL) or as the original file placed by hand."""
+    home = vitseg_home()
+    found = []
+    for name in dict.fromkeys([entry.full_name(weights), entry.name]):  # tagged now; maybe untagged then
+        old = home / name
+        info = _read_json(old / "source.json")
+        if (info is not None and info.get("url") == weights.url) or (old / weights.file_name).is_file():
+            found.append(old)
+    return found
+
+
+def _move_old_folders(entry: ZooEntry, weights: Weights, folder: Path) -> None:
+    """Move what the earlier layout's folders hold of these weights to ``folder``; call under its lock.
+
+    A folder of converted weights is renamed to ``folder`` as a whole (one atomic rename), unless
+    ``folder`` holds files already; an original file placed by hand is moved on its own.
+    """
+    for old in _old_folders(entry, weights):
+        with _lock(old):  # an older vitseg may be writing there
+            info = _read_json(old / "source.json")
+            _remove_if_empty(folder)
+            if info is not None and info.get("url") == weights.url and not folder.exists():
+                os.rename(old, folder)
+                _logger.info("Moved the cache folder %s to %s (the cache is now keyed by file)", old, folder)
+                continue
+            manual = old / weights.file_name
+            if manual.is_file() and not (folder / weights.file_name).exists():
+                _make_dir(folder)
+                os.replace(manual, folder / weights.file_name)
+                _remove_if_empty(old)
+
+
 def fetch_weights(entry: ZooEntry, weights: Weights) -> dict[str, torch.Tensor]:
     """The vitseg state dict of one released checkpoint: from the cache, the Hub, or the original file.
 
-    Order: the converted cache (``cache_dir(entry, weights)``, checked against its recorded SHA-256);
-    ``weights.hf_hub_id`` through ``huggingface_hub``; a file placed by hand in the cache directory; the
-    original URL (through ``VITSEG_MMSEG_MIRROR`` when set). A download is hash-checked, converted and
-    cached under an inter-process lock, so concurrent callers fetch it once. Auxiliary heads are included.
+    Order: the converted cache (``cache_dir(weights)``, checked against its recorded SHA-256; a cache
+    folder of the earlier layout, named after the entry, is moved there first); ``weights.hf_hub_id``
+    through ``huggingface_hub``; a file placed by hand in the cache directory; the original URL (through
+    ``VITSEG_MMSEG_MIRROR`` when set). A download is hash-checked, converted and cached under an
+    inter-process lock, so concurrent callers fetch it once. Auxiliary heads are included.
     """
-    folder = cache_dir(entry, weights)
+    folder = cache_dir(weights)
     sd = _read_cached(folder, weights)
+    if sd is None and _old_folders(entry, weights):
+        with _lock(folder):
+            _move_old_folders(entry, weights, folder)
+            sd = _read_cached(folder, weights, adopt=True)
     if sd is None and weights.hf_hub_id:
         sd = _from_hf_hub(weights)
     if sd is None:

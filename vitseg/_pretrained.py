@@ -11,12 +11,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_write, save_safetensors, write_json
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .models.segmentor import Segmentor
 
 __all__ = ["save_pretrained", "push_to_hub", "read_config", "read_identity", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -25,8 +26,8 @@ WEIGHTS_NAME = "model.safetensors"
 _REQUIRED = ("model", "arch")  # what loading a folder needs; the rest (names, palette, ...) is optional
 
 
-def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
-    entry, weights = model.entry, getattr(model, "weights", None)
+def _model_card(model: Segmentor, config: dict[str, Any]) -> str:
+    entry, weights = model.entry, model.weights
     pre = config["preprocess"]
     lines = [
         "---", "library_name: vitseg", "license: other", "pipeline_tag: image-segmentation",
@@ -68,7 +69,7 @@ def _model_card(model: nn.Module, config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
+def save_pretrained(model: Segmentor, save_directory: str | os.PathLike, *,
                     class_names: list[str] | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to a folder.
 
@@ -81,22 +82,25 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
         class_names: names of the output classes (default: the model's ``class_names``, which
             ``create_model`` sets: the dataset's, or those it was given).
     """
-    entry, arch = getattr(model, "entry", None), getattr(model, "arch", None)
+    try:
+        entry, arch = model.entry, model.arch
+    except AttributeError:  # not a vitseg.models.Segmentor (this module sits below the models)
+        entry = arch = None
     if entry is None or arch is None:
         raise ValueError("save_pretrained needs a model built by vitseg.create_model (it records model.entry "
                          "and model.arch); build it that way and load your weights into it.")
     num_classes = model.num_classes
-    dataset = getattr(model, "dataset", entry.dataset)
+    dataset = model.dataset
     if class_names is None:
-        class_names = list(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
+        class_names = list(model.class_names)
     else:
         class_names = [str(c) for c in class_names]
-        if class_names != list(getattr(model, "class_names", [])):
+        if class_names != list(model.class_names):
             dataset = "custom"
     if len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} classes.")
-    palette = [list(c) for c in getattr(model, "palette", ())] or None
-    weights = getattr(model, "weights", None)
+    palette = [list(c) for c in model.palette] or None
+    weights = model.weights
     config = {
         "library": "vitseg",
         "vitseg_version": __version__,
@@ -152,7 +156,7 @@ def read_identity(config: dict[str, Any]) -> dict[str, Any]:
                 dataset=config.get("dataset") or None)
 
 
-def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, token: str | None = None,
+def push_to_hub(model: Segmentor, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 revision: str | None = None, commit_message: str = "Upload vitseg model") -> str:
     """Create (if needed) the Hub repo ``repo_id`` and upload the :func:`save_pretrained` folder to it.
 

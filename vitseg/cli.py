@@ -326,7 +326,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     overrides = tiny_overrides(args.model, depth=2, img_size=64, num_classes=5) if args.tiny else {}
     model = create_model(args.model, **overrides)
     short = args.short_side or get_entry(args.model).preprocess.resize[1]
-    m = getattr(model, "input_multiple", 1)  # models that take sides of multiples of m only (the DPT authors')
+    m = model.input_multiple  # the DPT authors' models take sides of multiples of 32 only
     sizes = [(-(-h // m) * m, -(-w // m) * m) for h, w in image_sizes(args.images, short=short)]
     r = benchmark(model, sizes=sizes, batch=args.batch, device=device,
                   dtype=DTYPES[args.dtype], reps=args.reps, warmup=args.warmup, flops=not args.no_flops)

@@ -17,10 +17,13 @@ import random
 import statistics
 import sys
 import time
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from .data import Preprocess
 
 __all__ = ["benchmark", "image_sizes", "make_batches", "count_flops", "rss_bytes", "reset_rss_peak", "sync", "autocast",
            "DTYPES"]
@@ -86,8 +89,14 @@ def count_flops(fn: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tenso
     return counter.get_total_flops()
 
 
+def _entry_preprocess(model: nn.Module) -> Preprocess | None:
+    """The test pipeline of a zoo model (``None`` for a model built by hand or a module from elsewhere)."""
+    from .models.segmentor import Segmentor  # here, not at the top: see the module docstring
+    return model.entry.preprocess if isinstance(model, Segmentor) and model.entry is not None else None
+
+
 def _protocol(model: nn.Module, protocol: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    pre = getattr(getattr(model, "entry", None), "preprocess", None)
+    pre = _entry_preprocess(model)
     if protocol == "entry" and pre is not None and pre.mode == "slide":
         from .eval.inference import slide_inference
         return lambda x: slide_inference(model, x, pre.crop_size, pre.stride)
@@ -142,7 +151,7 @@ def benchmark(model: nn.Module, *, sizes: Sequence[tuple[int, int]] | None = Non
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     if sizes is None:
-        pre = getattr(getattr(model, "entry", None), "preprocess", None)
+        pre = _entry_preprocess(model)
         sizes = image_sizes(images, short=pre.resize[1] if pre is not None else 512, seed=seed)
     sizes = [tuple(int(v) for v in s) for s in sizes]
     cpu_batches = make_batches(sizes, batch, seed=seed)

@@ -130,8 +130,7 @@ def _write(labels: torch.Tensor, img: Any, paths: list[str], model: nn.Module) -
     else:
         label_png = Image.fromarray(arr.astype(np.uint16))
     if len(paths) > 1:  # the overlay first: a finished label map means a finished image
-        names = getattr(model, "class_names", None) or [str(i) for i in range(model.num_classes)]
-        _save_png(draw_overlay(Image.fromarray(img.numpy()), arr, model.palette, names), paths[1])
+        _save_png(draw_overlay(Image.fromarray(img.numpy()), arr, model.palette, model.class_names), paths[1])
     _save_png(label_png, paths[0])
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .._io import check_writable
 from ..metrics import IoUMetric, format_table
+from ..models.segmentor import Segmentor
 from .pipeline import Backend, rescale_uint8
 from .postprocess import DEFAULT_MAX_BYTES
 from .predict import check_batch_size, label_map, resolve_preprocess
@@ -173,7 +174,7 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         images_per_s=num_images / seconds if seconds > 0 else math.nan,
         tta=tta, dtype=str(dtype or torch.float32).replace("torch.", ""), world_size=world,
         num_workers=num_workers, pin_memory=pin_memory,
-        model=getattr(getattr(model, "entry", None), "name", type(model).__name__),
+        model=model.entry.name if isinstance(model, Segmentor) and model.entry else type(model).__name__,
         preprocess=dict(mean=list(preprocess.mean), std=list(preprocess.std), resize=list(preprocess.resize),
                         mode=preprocess.mode, crop_size=preprocess.crop_size and list(preprocess.crop_size),
                         stride=preprocess.stride and list(preprocess.stride), resize_mode=preprocess.resize_mode,
@@ -198,7 +199,8 @@ def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], in
     The names are the model's own (``model.class_names``, which a fine-tune sets), unless it has only
     numbers for them and the dataset has names.
     """
-    model_classes = getattr(model, "num_classes", None)
+    is_vitseg = isinstance(model, Segmentor)  # a module from elsewhere: the dataset alone says
+    model_classes = model.num_classes if is_vitseg else None
     num_classes = getattr(dataset, "num_classes", None) or model_classes
     if num_classes is None:
         raise ValueError("The dataset has no num_classes attribute; give it one (or use vitseg.eval.FolderDataset).")
@@ -209,7 +211,7 @@ def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], in
                          "the model's class list.")
     numbered = [str(i) for i in range(num_classes)]
     classes = [str(c) for c in getattr(dataset, "classes", numbered)]
-    own = [str(c) for c in getattr(model, "class_names", None) or ()]
+    own = [str(c) for c in model.class_names] if is_vitseg else []
     if len(own) == num_classes and (own != numbered or len(classes) != num_classes):
         classes = own
     return num_classes, classes, getattr(dataset, "ignore_index", 255)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.segmentor import Segmentor
 from .inference import slide_inference, whole_inference
 from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_image, prepare_input,
                        rescale_uint8, tta_scales)
@@ -44,7 +45,7 @@ def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None) -> Prepr
                             f"dataclasses.replace(model.entry.preprocess, resize=...)), got "
                             f"{type(preprocess).__name__}: {preprocess!r:.80}")
         return preprocess
-    entry = getattr(model, "entry", None)
+    entry = model.entry if isinstance(model, Segmentor) else None  # a module from elsewhere has none
     if entry is None:
         raise ValueError("The model has no zoo entry (model.entry is None), so its test pipeline is unknown. "
                          "Pass preprocess=vitseg.Preprocess(mean=..., std=..., resize=(2048, 512), mode='whole') "

@@ -221,9 +221,7 @@ class DPTISL(Segmentor):
     """Backbone + :class:`DPTISLHead`; ``forward`` takes sides that are multiples of 32 and returns logits there."""
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, in_chans: int = 3) -> None:
-        super().__init__(backbone, decode_head)
-        self.in_chans = in_chans
-        self.input_multiple = INPUT_MULTIPLE
+        super().__init__(backbone, decode_head, in_chans=in_chans, input_multiple=INPUT_MULTIPLE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_tensor(x, self.in_chans)

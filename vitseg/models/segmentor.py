@@ -1,9 +1,14 @@
 """The encoder-decoder wrapper shared by every family: backbone -> (neck) -> decode head -> resize."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .._registry import Weights, ZooEntry
 
 __all__ = ["Segmentor", "check_image_tensor"]
 
@@ -30,27 +35,44 @@ class Segmentor(nn.Module):
     This is mmseg's ``EncoderDecoder.encode_decode``: the head's logits are resized bilinearly
     (``align_corners=False``) to the input's height and width.
 
+    Every model :func:`vitseg.create_model` returns is a ``Segmentor`` and carries this contract, which
+    library code reads directly:
+
+    * ``entry``: the :class:`~vitseg.ZooEntry` it was built from (``None`` when built by hand);
+    * ``weights``: the released :class:`~vitseg.Weights` loaded into it, else ``None``;
+    * ``arch``: the builder keywords it was built with (``None`` when built by hand);
+    * ``class_names``, ``palette``, ``dataset``: what its outputs mean (saved with the weights);
+    * ``in_chans``: input channels; ``num_classes``: output classes;
+    * ``input_multiple``: the input's sides must be multiples of it (1: any size works).
+
     Args:
         backbone: returns a list of feature maps.
         decode_head: maps the (neck's) feature list to class logits.
         neck: optional module between backbone and head.
         auxiliary_head: optional training head (its logits are returned too in training mode), or an
             ``nn.ModuleList`` of them (mmseg's list of auxiliary heads, keys ``auxiliary_head.N.``).
+        in_chans: input channels (default: those of the backbone's ``patch_embed.proj``).
+        input_multiple: what the input's height and width must be multiples of (1: any size).
     """
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, neck: nn.Module | None = None,
-                 auxiliary_head: nn.Module | None = None) -> None:
+                 auxiliary_head: nn.Module | None = None, *, in_chans: int | None = None,
+                 input_multiple: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.decode_head = decode_head
         self.auxiliary_head = auxiliary_head
-        self.entry = None  # set by create_model: the ZooEntry this model was built from
-        self.weights = None  # set by create_model when pretrained weights were loaded
-        # What the outputs mean (set by create_model; saved and restored with the weights)
+        # The model contract. create_model sets entry, weights and arch, and what the outputs mean
+        # (class names, palette, dataset: saved and restored with the weights).
+        self.entry: ZooEntry | None = None
+        self.weights: Weights | None = None
+        self.arch: dict[str, Any] | None = None
         self.class_names: tuple[str, ...] = tuple(str(i) for i in range(decode_head.num_classes))
         self.palette: tuple[tuple[int, int, int], ...] = ()
-        self.dataset = "custom"
+        self.dataset: str = "custom"
+        self.in_chans: int = in_chans if in_chans is not None else backbone.patch_embed.proj.in_channels
+        self.input_multiple: int = input_multiple
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +89,7 @@ class Segmentor(nn.Module):
         In training mode with an auxiliary head, returns ``(logits, aux_logits)``; with a list of
         auxiliary heads, ``(logits, [aux_logits, ...])`` in their order.
         """
-        check_image_tensor(x, self.backbone.patch_embed.proj.in_channels)
+        check_image_tensor(x, self.in_chans)
         feats = self.extract_feat(x)
         logits = resize_to(self.decode_head(feats), x.shape[-2:])
         if self.training and isinstance(self.auxiliary_head, nn.ModuleList):

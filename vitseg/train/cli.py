@@ -188,7 +188,7 @@ def _create(args: argparse.Namespace, num_classes: int, class_names: list[str] |
         if args.pretrained_backbone is not None and not args.resume:
             kw["pretrained_backbone"] = args.pretrained_backbone
         model = create_model(args.model, **kw)  # the folder's config names the entry
-        if has_auxiliary_head(model.entry) and getattr(model, "auxiliary_head", None) is None:
+        if has_auxiliary_head(model.entry) and model.auxiliary_head is None:
             model = create_model(args.model, **kw, auxiliary_head=True)
         return model
     entry, _ = resolve_name(args.model)

@@ -57,6 +57,7 @@ from .._io import atomic_write, unlink_quietly, write_json
 from .._pretrained import save_pretrained
 from ..data import Preprocess
 from ..eval.evaluate import _dist_context, evaluate
+from ..models.segmentor import Segmentor
 from ..recipe import Recipe
 from .loss import compute_loss
 from .optim import build_optimizer, build_scheduler
@@ -159,13 +160,12 @@ def find_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _identity(model: nn.Module) -> dict[str, Any]:
+def _identity(model: Segmentor) -> dict[str, Any]:
     """What the checkpoint was trained as: the name, architecture (as JSON) and classes of the model."""
-    entry = getattr(model, "entry", None)
-    return {"name": entry.name if entry is not None else type(model).__name__,
-            "arch": json.dumps(getattr(model, "arch", None), sort_keys=True),
+    return {"name": model.entry.name if model.entry is not None else type(model).__name__,
+            "arch": json.dumps(model.arch, sort_keys=True),
             "num_classes": int(model.num_classes),
-            "class_names": list(getattr(model, "class_names", ()) or ())}
+            "class_names": list(model.class_names)}
 
 
 def _recipe_json(recipe: Recipe) -> str:
@@ -369,7 +369,7 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
     out = Path(out).expanduser()
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    if getattr(model, "entry", None) is None:
+    if not isinstance(model, Segmentor) or model.entry is None:
         raise ValueError("fit needs a model built by vitseg.create_model (it saves the result with "
                          "save_pretrained, which records model.entry and model.arch).")
     # Checks first: nothing is written unless the run can start.

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..convert.mmseg import MMSEG_RULES
+from ..models.segmentor import Segmentor
 from ..recipe import Recipe
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_at", "mmseg_param_name", "param_settings"]
@@ -103,7 +104,7 @@ def _mmseg_names(model: nn.Module) -> dict[str, str]:
 
     A parameter mmseg does not have (the DPT authors' models have no mmseg layout) keeps its vitseg name.
     """
-    entry = getattr(model, "entry", None)
+    entry = model.entry if isinstance(model, Segmentor) else None  # a module from elsewhere: mmseg's names
     rules = tuple(entry.family.rules.get("mmseg", ())) if entry is not None else ()
     return {name: mmseg_param_name(name, rules) or name for name, _ in model.named_parameters()}
 
