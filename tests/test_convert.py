@@ -139,3 +139,24 @@ def test_resize_pos_embed_refuses_sizes_without_a_patch_grid(img_size):
 
     with pytest.raises(ValueError, match=r"gives no grid of 16-pixel patches: it must be at least the patch size 16"):
         resize_pos_embed(torch.randn(1, 1 + 14 * 14, 8), img_size, 16)
+
+
+@pytest.mark.parametrize("name", ["upernet_vit_b16_mln", "upernet_beit_l16", "upernet_mae_b16", "setr_mla_vit_l16",
+                                  "segmenter_mask_vit_t16"])
+def test_mmseg_backbone_files_load_as_pretrained_backbones(name, tmp_path):
+    """mmseg's own pretrain files (a backbone's keys without ``backbone.``) load as ImageNet backbones."""
+    import vitseg
+    from conftest import FIXTURES, load_manifest
+    from vitseg.convert import identify_format
+
+    fx = load_manifest()[name]
+    path = Path(FIXTURES) / fx["checkpoint"]
+    sd = torch.load(path, weights_only=False)["state_dict"]
+    backbone = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    torch.save(backbone, tmp_path / "pretrain.pth")
+    assert identify_format(list(backbone)).name == "mmseg_backbone"
+    assert identify_format(list(sd)).name == "mmseg"  # a whole segmentor stays a segmentor
+    model = vitseg.create_model(fx["model"], **fx["overrides"], pretrained_backbone=tmp_path / "pretrain.pth")
+    reference = vitseg.create_model(fx["model"], checkpoint_path=path, **fx["overrides"])
+    got, want = model.backbone.state_dict(), reference.backbone.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)

@@ -194,7 +194,7 @@ def to_vitseg(state_dict: Mapping[str, Any], *, format: str | None = None, famil
         what: how messages name the checkpoint.
     """
     fmt = get_format(format) if format is not None else identify_format(list(state_dict), what=what)
-    rules = family.rules.get(fmt.name, ()) if family is not None else ()
+    rules = family.rules.get(fmt.rules_key or fmt.name, ()) if family is not None else ()
     try:
         return fmt.convert(state_dict, rules), fmt
     except ValueError as e:

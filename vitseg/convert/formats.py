@@ -32,6 +32,8 @@ class CheckpointFormat:
         convert: ``convert(state_dict, rules) -> state_dict`` with vitseg names; ``rules`` are a family's
             extra ``(regex, replacement)`` renames, tried before the format's own table.
         description: what such a file is, for messages ("an mmsegmentation checkpoint").
+        rules_key: the ``Family.rules`` entry whose renames ``convert`` gets (default: ``name``), for a format
+            that shares another's layout (mmseg's backbone-only files use the families' ``"mmseg"`` renames).
     """
 
     name: str
@@ -39,6 +41,7 @@ class CheckpointFormat:
     recognise: Callable[[Collection[str]], bool]
     convert: Converter
     description: str
+    rules_key: str | None = None
 
 
 FORMATS: dict[str, CheckpointFormat] = {}

@@ -15,7 +15,7 @@ import torch
 from ._rules import rename_keys, strip_prefix
 from .formats import CheckpointFormat, register_format
 
-__all__ = ["convert_mmseg", "MMSEG_RULES"]
+__all__ = ["convert_mmseg", "convert_mmseg_backbone", "MMSEG_RULES"]
 
 
 # mmcv's transformer layers (the ViT backbone's, and Segmenter's decoder's) become timm blocks.
@@ -57,3 +57,34 @@ def _recognise(keys: Collection[str]) -> bool:
 register_format(CheckpointFormat(
     name="mmseg", scope="model", recognise=_recognise, convert=convert_mmseg,
     description="an mmsegmentation segmentor checkpoint (.pth, backbone.layers.N.*)"))
+
+
+# mmseg's backbone-only files: what its configs load as ``pretrained=`` (the output of mmseg's
+# ``tools/model_converters/vit2mmseg.py``, ``beit2mmseg.py``, ``mmseg``'s own pretrain files): the backbone's
+# keys without the ``backbone.`` prefix (``layers.0.ln1.weight``, ``patch_embed.projection.weight``).
+_BACKBONE_MARKERS = re.compile(r"^(layers\.\d+\.|patch_embed\.projection\.)")
+
+
+def convert_mmseg_backbone(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = ()
+                           ) -> dict[str, torch.Tensor]:
+    """Rename an mmseg backbone state dict (``layers.0.ln1.weight``…) to vitseg's backbone names.
+
+    Args:
+        state_dict: mmseg backbone keys; a ``module.`` prefix is stripped.
+        rules: a family's own mmseg renames (written for ``backbone.`` keys), tried before the shared table.
+    """
+    prefixed = {f"backbone.{k}": v for k, v in strip_prefix(state_dict).items()}
+    out = rename_keys(prefixed, [*rules, *MMSEG_RULES], source="mmseg backbone checkpoint")
+    return {k.removeprefix("backbone."): v for k, v in out.items()}
+
+
+def _recognise_backbone(keys: Collection[str]) -> bool:
+    keys = [k.removeprefix("module.") for k in keys]
+    return any(_BACKBONE_MARKERS.match(k) for k in keys) and not any(k.startswith("backbone.") for k in keys)
+
+
+register_format(CheckpointFormat(
+    name="mmseg_backbone", scope="backbone", recognise=_recognise_backbone, convert=convert_mmseg_backbone,
+    rules_key="mmseg",
+    description="an mmsegmentation backbone checkpoint, as its configs load with pretrained= (layers.N.*, "
+                "patch_embed.projection.*)"))
