@@ -41,7 +41,7 @@ from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341_MIN512, ADE20K_SLIDE_640_S426_MIN640
 from ..recipe import Recipe
 from .segmentor import Segmentor
-from .upernet import FCNHead, UPerHead
+from .upernet import UPERNET, FCNHead, UPerHead
 from .vit import _linspace, resize_pretrained_pos_embed, tiny_vit
 
 __all__ = ["BEiT", "Feature2Pyramid", "resize_rel_pos_bias_table", "BEIT_B16", "BEIT_L16", "MAE_B16", "UPERNET_BEIT"]
@@ -392,8 +392,7 @@ UPERNET_BEIT = Family(
     build=_build_beit,
     tiny=_tiny,
     describe=_describe,
-    class_sized={"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0,
-                 "auxiliary_head.conv_seg.weight": 0, "auxiliary_head.conv_seg.bias": 0},
+    class_sized=UPERNET.class_sized,  # the same UPerHead and FCN auxiliary head
     # fmt: off
     rules={
         # beyond the shared ViT table, which maps cls_token / pos_embed, patch_embed.projection,

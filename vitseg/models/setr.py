@@ -32,6 +32,7 @@ from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341
 from ..layers import conv_bn
 from ..recipe import SGD_POLY, ParamRule, Recipe
+from ._mmseg import mmseg_weights
 from .segmentor import Segmentor
 from .vit import VIT_L16, VisionTransformer, tiny_vit
 
@@ -252,9 +253,7 @@ def _recipe(cfg: str, *, lr: float, batch_size: int) -> Recipe:
 
 def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, recipe: Recipe,
              tag: str | None = None) -> Weights:
-    # ``run`` is the 0.x config name, which is also the folder and the file-name stem.
-    return Weights(url=f"{_MMSEG}/{run}/{run}_{stamp}.pth", metrics={"mIoU": miou, "mIoU_ms_flip": ms},
-                   tag=tag, source=_CFG.format(cfg), recipe=recipe)
+    return mmseg_weights(_MMSEG, run, stamp, miou, ms, source=_CFG.format(cfg), recipe=recipe, tag=tag)
 
 
 _NAIVE = _recipe("setr_vit-l_naive_8xb2-160k_ade20k-512x512.py", lr=0.01, batch_size=2)

@@ -19,6 +19,7 @@ from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_WHOLE_512
 from ..layers import conv_bn
 from ..recipe import ADAMW_VIT, Recipe
+from ._mmseg import mmseg_weights
 from .neck import MultiLevelNeck
 from .segmentor import Segmentor, resize_to
 from .vit import VIT_B16, VIT_S16, VisionTransformer, tiny_vit
@@ -204,9 +205,7 @@ def _recipe(cfg: str) -> Recipe:
 
 
 def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, tag: str | None = None) -> Weights:
-    # ``run`` is the 0.x config name, which is also the folder and the file-name stem.
-    return Weights(url=f"{_MMSEG}/{run}/{run}_{stamp}.pth", metrics={"mIoU": miou, "mIoU_ms_flip": ms},
-                   tag=tag, source=_CFG.format(cfg), recipe=_recipe(cfg))
+    return mmseg_weights(_MMSEG, run, stamp, miou, ms, source=_CFG.format(cfg), recipe=_recipe(cfg), tag=tag)
 
 
 def _arch(size: dict, *, neck: bool, final_norm: bool, drop_path_rate: float) -> dict:
