@@ -1,10 +1,10 @@
-"""argparse value types shared by the command lines (standard library only: ``vitseg --help`` stays instant)."""
+"""Argument types and readers shared by the command lines (standard library only: ``vitseg --help`` stays instant)."""
 from __future__ import annotations
 
 import argparse
 from typing import Callable
 
-__all__ = ["count", "POSITIVE", "NON_NEGATIVE", "positive_float"]
+__all__ = ["count", "POSITIVE", "NON_NEGATIVE", "positive_float", "read_class_names"]
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -33,3 +33,12 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def read_class_names(path: str) -> list[str]:
+    """``--class-names FILE``: one class name per line (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(f"--class-names {path} holds no names (one class name per line).")
+    return names

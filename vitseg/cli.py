@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from ._argtypes import NON_NEGATIVE, POSITIVE
+from ._argtypes import NON_NEGATIVE, POSITIVE, read_class_names
 
 __all__ = ["main"]
 
@@ -211,7 +211,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     if fmt.scope == "model":
         if not args.model:
             raise ValueError(f"convert {fmt.name} needs --model NAME (the zoo entry the checkpoint belongs to)")
-        names = _read_names(args.class_names) if args.class_names else None
+        names = read_class_names(args.class_names) if args.class_names else None
         # strict: checks every key; the class count is the checkpoint's unless --num-classes says otherwise
         model = create_model(args.model, checkpoint_path=args.src, format=fmt.name, class_names=names,
                              num_classes=args.num_classes)
@@ -281,18 +281,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return int(failed)
 
 
-def _read_names(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"--class-names {path} holds no names (one class name per line).")
-    return names
-
-
 def _open_dataset(args: argparse.Namespace, num_classes: int):
     from .data import dataset_info
     from .eval.datasets import open_dataset
-    classes = _read_names(args.class_names) if args.class_names else None
+    classes = read_class_names(args.class_names) if args.class_names else None
     if dataset_info(args.dataset).classes:
         if classes is not None or args.reduce_zero_label:
             raise ValueError(f"--class-names and --reduce-zero-label are for folder datasets; '{args.dataset}' "

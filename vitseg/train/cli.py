@@ -16,7 +16,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from .._argtypes import NON_NEGATIVE, POSITIVE, positive_float
+from .._argtypes import NON_NEGATIVE, POSITIVE, positive_float, read_class_names
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -129,14 +129,6 @@ def recipe_with_overrides(recipe: Recipe, *, iters: int | None = None, batch_siz
     return dataclasses.replace(recipe, **changes)
 
 
-def _read_names(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"--class-names {path} holds no names (one class name per line).")
-    return names
-
-
 def _open_data(args: argparse.Namespace) -> tuple[Any, Any]:
     """(train set, val set or None) of ``--data``; checks the layout and that every image has its label."""
     from ..data import dataset_info
@@ -149,7 +141,7 @@ def _open_data(args: argparse.Namespace) -> tuple[Any, Any]:
     if not (args.class_names or args.num_classes):
         raise ValueError("A folder dataset needs its classes: --class-names FILE (one name per line) or "
                          "--num-classes N.")
-    names = _read_names(args.class_names) if args.class_names else None
+    names = read_class_names(args.class_names) if args.class_names else None
     kw = dict(classes=names, num_classes=None if names else args.num_classes,
               reduce_zero_label=args.reduce_zero_label)
     train = open_dataset("folder", args.data, **kw)
