@@ -218,13 +218,16 @@ class _VitsegRunner:
 class _MmsegRunner:
     """The mmseg helper process: built once, then one protocol pass per call (timed inside it)."""
 
+    WORKER = "mmseg_worker.py"  # the helper script, beside this file
+    ALTERNATIVES = " or pass --mmseg-python"  # what else the user can do without the reference venv
+
     def __init__(self, python: str, spec: dict[str, Any]) -> None:
-        worker = os.path.join(_REPO, "benchmarks", "mmseg_worker.py")
+        worker = os.path.join(_REPO, "benchmarks", self.WORKER)
         if not os.path.isfile(worker):
             raise FileNotFoundError(f"{worker} not found: --against-mmseg needs a vitseg source checkout")
         if not os.path.isfile(python):
             raise FileNotFoundError(f"mmseg venv python {python} not found: run bash "
-                                    "tools/setup_mmseg_reference.sh or pass --mmseg-python")
+                                    f"tools/setup_mmseg_reference.sh{self.ALTERNATIVES}")
         self.proc = subprocess.Popen([python, worker, json.dumps(spec)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self._read()

@@ -164,14 +164,8 @@ class _VitsegStep:
 class _MmsegTrainWorker(_MmsegRunner):
     """``benchmarks/mmseg_train_worker.py`` in the mmseg venv: built once, then one training step per call."""
 
-    def __init__(self, python: str, spec: dict[str, Any]) -> None:
-        worker = os.path.join(HERE, "mmseg_train_worker.py")
-        if not os.path.isfile(python):
-            raise FileNotFoundError(f"mmseg venv python {python} not found: run bash "
-                                    "tools/setup_mmseg_reference.sh, pass --mmseg-python, or use --vitseg-only")
-        self.proc = subprocess.Popen([python, worker, json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.info = self._read()
+    WORKER = "mmseg_train_worker.py"
+    ALTERNATIVES = ", pass --mmseg-python, or use --vitseg-only"
 
     def __call__(self) -> dict[str, float]:
         return self.ask("step")
