@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from vitseg.eval.pipeline import normalize
 from vitseg.train.transforms import (
     PhotometricParams, TrainPipeline, apply_photometric, collate, crop, draw_crop_box, draw_flip, draw_photometric,
-    draw_scale, flip, hsv_to_rgb, normalize_image, rescale_pair, resize_label, rgb_to_hsv,
+    draw_scale, flip, hsv_to_rgb, rescale_pair, resize_label, rgb_to_hsv,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "train_transforms.pt"
@@ -142,7 +143,7 @@ def test_fixtures_catch_padding_before_normalization(fx: dict) -> None:
                               Replay(case["draws"]))
     padded = np.zeros((*fx["crop_size"], 3), np.uint8)
     padded[:img.shape[0], :img.shape[1]] = img
-    wrong = normalize_image(padded, fx["mean"], fx["std"])
+    wrong = normalize(padded, fx["mean"], fx["std"])[0]
     assert not torch.allclose(wrong, fx["batch"]["inputs"][1], atol=1e-3)
 
 

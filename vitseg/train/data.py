@@ -63,10 +63,6 @@ def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_
                      f"and {ignore_index} for 'not labelled'){more}. {hint[:1].upper()}{hint[1:]}.")
 
 
-def _label_file(dataset: FolderDataset, index: int) -> str:
-    return dataset.label_path(index)
-
-
 def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, workers: int = 8) -> None:
     """Scan every label of ``dataset`` once and raise the :func:`check_label_values` error on a bad value.
 
@@ -75,7 +71,7 @@ def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, wor
     """
     if isinstance(dataset, FolderDataset):
         def values(index: int) -> tuple[str, np.ndarray]:
-            path = _label_file(dataset, index)
+            path = dataset.label_path(index)
             label = load_label(path, reduce_zero_label=dataset.reduce_zero_label, label_map=dataset.label_map,
                                ignore_index=dataset.ignore_index)
             return path, _label_values(label)

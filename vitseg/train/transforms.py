@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..eval.pipeline import Backend, rescale_size, resize_uint8
+from ..eval.pipeline import Backend, normalize, rescale_size, resize_uint8
 from ..recipe import Recipe
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
     "draw_crop_box", "crop", "random_crop",
     "draw_flip", "flip", "random_flip",
     "PhotometricParams", "draw_photometric", "apply_photometric", "photometric_distortion",
-    "rgb_to_hsv", "hsv_to_rgb", "normalize_image", "TrainPipeline", "collate",
+    "rgb_to_hsv", "hsv_to_rgb", "TrainPipeline", "collate",
 ]
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2), mmseg's crop_bbox order
@@ -284,14 +284,6 @@ def hsv_to_rgb(hsv: np.ndarray, *, simd_pixels: int = _HSV_SIMD_PIXELS) -> np.nd
 
 # ---------------------------------------------------------------- pipeline, normalization, batching
 
-def normalize_image(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 ``(x - mean) / std`` (mmseg's data preprocessor)."""
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (x - m) / s
-
-
 class TrainPipeline:
     """mmseg's train pipeline for one sample: resize, crop, flip, photometric distortion, normalization.
 
@@ -349,7 +341,7 @@ class TrainPipeline:
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample: (3, h, w) float32 normalized image and (h, w) int64 label, ``h, w <= crop_size``."""
         img, label = self.augment(img, label, rng)
-        return normalize_image(img, self.mean, self.std), torch.from_numpy(label)
+        return normalize(img, self.mean, self.std)[0], torch.from_numpy(label)  # mmseg's data preprocessor
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop_size={self.crop_size}, scale={self.scale}, "
