@@ -182,8 +182,7 @@ class ZooEntry:
         d["family"] = self.family.name
         d["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
         d["preprocess"] = dataclasses.asdict(self.preprocess)
-        d["weights"] = [{**dataclasses.asdict(w), "recipe": w.recipe.to_dict() if w.recipe else None}
-                        for w in self.weights]
+        d["weights"] = [dataclasses.asdict(w) for w in self.weights]  # recipes included, as dicts
         d["recipe"] = self.recipe.to_dict() if self.recipe is not None else None
         return d
 

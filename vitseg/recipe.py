@@ -144,20 +144,13 @@ class Recipe:
                 raise TypeError(f"Recipe.custom_keys[{key!r}] must be a ParamRule, got {type(rule).__name__}")
 
     @property
-    def total_batch(self) -> int:
-        """Images per optimizer step in the original run."""
-        return self.batch_size * self.num_gpus * self.grad_accum
-
-    @property
     def decay_end(self) -> int:
         """The iteration where the polynomial decay ends."""
         return self.iters if self.poly_end is None else self.poly_end
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable view."""
-        d = dataclasses.asdict(self)
-        d["custom_keys"] = {k: dataclasses.asdict(v) for k, v in self.custom_keys.items()}
-        return d
+        """A JSON-serializable view (the custom keys' rules as dicts)."""
+        return dataclasses.asdict(self)
 
 
 # The two recipes most mmseg ViT configs start from.

@@ -218,8 +218,7 @@ def _check_same_run(state: dict[str, Any], path: Path, model: nn.Module, recipe:
         raise ValueError(f"--resume: {path} was trained on {saved['num_classes']} classes "
                          f"({', '.join(saved['class_names'][:5])}…), this run has {now['num_classes']} "
                          f"({', '.join(now['class_names'][:5])}…). Resume with the classes the run started with.")
-    before, after = json.loads(state["recipe"]), recipe.to_dict()
-    after = json.loads(json.dumps(after))
+    before, after = json.loads(state["recipe"]), json.loads(_recipe_json(recipe))
     changed = [k for k in sorted(after) if before.get(k) != after[k]]
     if changed:
         diffs = ", ".join(f"{k}={before.get(k)!r} (now {after[k]!r})" for k in changed[:6])

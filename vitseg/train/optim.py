@@ -104,7 +104,7 @@ def _mmseg_names(model: nn.Module) -> dict[str, str]:
 
     A parameter mmseg does not have (the DPT authors' models have no mmseg layout) keeps its vitseg name.
     """
-    entry = model.entry if isinstance(model, Segmentor) else None  # a module from elsewhere: mmseg's names
+    entry = model.entry if isinstance(model, Segmentor) else None  # a module from elsewhere: no family renames
     rules = tuple(entry.family.rules.get("mmseg", ())) if entry is not None else ()
     return {name: mmseg_param_name(name, rules) or name for name, _ in model.named_parameters()}
 
@@ -184,7 +184,14 @@ def lr_at(iteration: int, base_lr: float, recipe: Recipe) -> float:
     ``eta + (L0 - eta) * (1 - (i - W) / (E - W - 1)) ** power``, reaching ``eta_min`` at ``E - 1``; after that
     the lr keeps its last value.
     """
-    w, s, eta, end = recipe.warmup_iters, recipe.warmup_start_factor, recipe.poly_eta_min, recipe.decay_end
+    return _schedule_lr(iteration, base_lr, warmup_iters=recipe.warmup_iters, start_factor=recipe.warmup_start_factor,
+                        eta_min=recipe.poly_eta_min, power=recipe.poly_power, end=recipe.decay_end)
+
+
+def _schedule_lr(iteration: int, base_lr: float, *, warmup_iters: int, start_factor: float, eta_min: float,
+                 power: float, end: int) -> float:
+    """:func:`lr_at` on the schedule's numbers alone (what :class:`RecipeLR` keeps in its state dict)."""
+    w, s = warmup_iters, start_factor
 
     def warm(i: int) -> float:
         return base_lr * (s + (1.0 - s) * i / (w - 1)) if w > 1 else base_lr * s
@@ -196,25 +203,23 @@ def lr_at(iteration: int, base_lr: float, recipe: Recipe) -> float:
     if span <= 0:
         return start
     k = min(iteration, end - 1) - w
-    return eta + (start - eta) * (1.0 - k / span) ** recipe.poly_power
+    return eta_min + (start - eta_min) * (1.0 - k / span) ** power
 
 
 class RecipeLR(LRScheduler):
-    """mmengine's ``LinearLR`` + ``PolyLR`` of a recipe in closed form (see :func:`lr_at`)."""
+    """mmengine's ``LinearLR`` + ``PolyLR`` of a recipe in closed form (see :func:`lr_at`).
+
+    It keeps the schedule's numbers, not the recipe, so that its state dict holds plain values (checkpoints
+    load with ``weights_only=True``).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, recipe: Recipe, last_epoch: int = -1) -> None:
-        self.warmup_iters, self.warmup_start_factor = recipe.warmup_iters, recipe.warmup_start_factor
-        self.poly_power, self.poly_eta_min, self.decay_end = recipe.poly_power, recipe.poly_eta_min, recipe.decay_end
+        self.schedule = dict(warmup_iters=recipe.warmup_iters, start_factor=recipe.warmup_start_factor,
+                             eta_min=recipe.poly_eta_min, power=recipe.poly_power, end=recipe.decay_end)
         super().__init__(optimizer, last_epoch)
 
-    def _recipe(self) -> Recipe:
-        return Recipe(optimizer="sgd", lr=1.0, weight_decay=0.0, warmup_iters=self.warmup_iters,
-                      warmup_start_factor=self.warmup_start_factor, poly_power=self.poly_power,
-                      poly_eta_min=self.poly_eta_min, poly_end=self.decay_end, iters=max(self.decay_end, 1))
-
     def get_lr(self) -> list[float]:
-        recipe = self._recipe()
-        return [lr_at(self.last_epoch, base, recipe) for base in self.base_lrs]
+        return [_schedule_lr(self.last_epoch, base, **self.schedule) for base in self.base_lrs]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> LRScheduler:
