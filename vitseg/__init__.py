@@ -24,7 +24,7 @@ _API = {
     "predict_files": ".eval.bulk",
     "benchmark": ".timing",
 }
-_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "timing", "viz")
+_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "recipe", "timing", "train", "viz")
 
 __all__ = ["__version__", *_API]
 
