@@ -14,7 +14,8 @@ import vitseg
 from conftest import FIXTURES
 from vitseg import load_pretrained_backbone
 from vitseg._checkpoint import to_vitseg
-from vitseg.models.beit import UPERNET_BEIT, BEiT, Feature2Pyramid, resize_rel_pos_bias_table
+from vitseg.models.beit import UPERNET_BEIT, BEiT, Feature2Pyramid
+from vitseg.pos_embed import resize_rel_pos_bias_table
 
 BEIT_FAMILY = [n for n in vitseg.list_models() if vitseg.get_entry(n).family is UPERNET_BEIT]
 
@@ -54,6 +55,17 @@ def test_fixed_grid_floors_and_refuses() -> None:
     for size in [(48, 48), (31, 48), (16, 96)]:  # (16, 96): same token count, other grid
         with pytest.raises(ValueError, match=r"takes inputs of 32x48 pixels"):
             backbone(torch.randn(1, 3, *size))
+
+
+def test_variant_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="with_cls_token must stay True"):
+        BEiT(img_size=32, embed_dim=32, depth=1, num_heads=2, out_indices=(0,), with_cls_token=False)
+    with pytest.raises(ValueError, match="qkv_bias must be 'qv'"):
+        BEiT(img_size=32, embed_dim=32, depth=1, num_heads=2, out_indices=(0,), qkv_bias=True)
+    mae = BEiT(img_size=32, embed_dim=32, depth=1, num_heads=2, out_indices=(0,), qkv_bias="qkv", abs_pos_embed=True)
+    keys = set(mae.state_dict())
+    assert {"blocks.0.attn.qkv.bias", "pos_embed"} <= keys and "blocks.0.attn.q_bias" not in keys
+    assert mae.blocks[0].attn.qkv.bias.abs().sum() == 0  # mmseg zero-inits the bias
 
 
 def test_feature2pyramid_levels() -> None:

@@ -42,6 +42,18 @@ def test_contributing_worked_example_runs_as_written(tmp_path) -> None:
     assert "probe_vit_t16_ade20k: ['probe_vit_t16_ade20k']" in r.stdout
 
 
+def test_contributing_vit_variant_runs_as_written(tmp_path) -> None:
+    """The guide's ViT variant (a subclass of the base) loads timm's weights and equals timm's features."""
+    text = open(os.path.join(ROOT, "docs", "contributing.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "(VisionTransformer):" in b)
+    script = tmp_path / "variant.py"
+    script.write_text(example, encoding="utf-8")
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "LayerScaleViT matches timm: [(1, 32, 4, 4), (1, 32, 4, 4)]" in r.stdout
+
+
 def test_readme_zoo_table_is_current() -> None:
     # Fails after a zoo entry is added or changed: run `python docs/gen_zoo.py --readme`.
     assert gen_zoo.main(["--check"]) == 0

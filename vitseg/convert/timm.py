@@ -9,13 +9,12 @@ The backbone loader (:func:`vitseg.load_pretrained_backbone`) does that resize f
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Collection, Mapping, Sequence
 
 import torch
-from timm.layers import resample_abs_pos_embed
 
+from ..pos_embed import resize_pretrained_pos_embed, square_side
 from ._rules import rename_keys, strip_prefix
 from .formats import CheckpointFormat, register_format
 
@@ -55,16 +54,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, img_size: int | tuple[int, int], p
     if min(h, w) < patch_size:
         raise ValueError(f"img_size {img_size} gives no grid of {patch_size}-pixel patches: it must be at least "
                          f"the patch size {patch_size} (the input size the model will run at, e.g. 512).")
-    new = [h // patch_size, w // patch_size]
-    side = math.isqrt(pos_embed.shape[1] - 1)
-    if side * side != pos_embed.shape[1] - 1:
+    if square_side(pos_embed) is None:
         raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} is not 1 cls row + a square grid; "
                          "pass img_size=None to keep it as is.")
-    if [side, side] == new:
-        return pos_embed
-    # mmseg resize_pos_embed: bicubic, align_corners=False and, unlike timm's default, no antialias.
-    return resample_abs_pos_embed(pos_embed, new_size=new, old_size=[side, side], num_prefix_tokens=1,
-                                  interpolation="bicubic", antialias=False, align_corners=False)
+    return resize_pretrained_pos_embed(pos_embed, (h // patch_size, w // patch_size), "bicubic")
 
 
 def convert_timm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = (), *,

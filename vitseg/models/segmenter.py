@@ -22,7 +22,7 @@ from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512, ADE20K_SLIDE_640
 from ..recipe import SGD_POLY, Recipe
 from .segmentor import Segmentor
-from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, _linspace, tiny_vit
+from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, drop_path_rates, tiny_vit
 
 __all__ = ["LinearHead", "MaskTransformerHead", "SEGMENTER"]
 
@@ -60,7 +60,7 @@ class MaskTransformerHead(nn.Module):
         self.num_classes = num_classes
         # Every norm of this head uses LayerNorm's default eps 1e-5 (the backbone's is 1e-6).
         norm_layer = partial(nn.LayerNorm, eps=1e-5)
-        dpr = _linspace(drop_path_rate, num_layers)
+        dpr = drop_path_rates(drop_path_rate, num_layers)
         self.blocks = nn.Sequential(*[
             Block(in_channels, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=dpr[i],
                   norm_layer=norm_layer)
