@@ -139,6 +139,26 @@ def test_inputs_must_be_multiples_of_32() -> None:
         model(torch.randn(1, 3, 48, 64))
 
 
+def test_hybrid_levels_are_map_and_cls_pairs() -> None:
+    """ResNet stages come first as (map, None); the DPT head passes them through unprojected."""
+    model = _model(NAMES[0]).eval()
+    assert "resnet" in model.arch["backbone"]
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 3, 64, 96))
+    assert all(isinstance(f, tuple) and len(f) == 2 for f in feats)
+    assert [f[1] is None for f in feats] == [True, True, False, False]
+    assert [tuple(f[0].shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (4, 6)]
+    with torch.no_grad():
+        levels = model.decode_head.reassemble_blocks(feats)
+    assert levels[0] is feats[0][0] and levels[1] is feats[1][0]
+
+
+def test_resnet_stride_must_be_the_patch_size() -> None:
+    from vitseg.models.dpt_isl import ResNetEmbed
+    with pytest.raises(ValueError, match="patch_size 32 must be the ResNet's stride, 16"):
+        ResNetEmbed(embed_dim=16, patch_size=32, layers=(1, 1, 1), channels=(8, 8, 8), stem_chs=8, num_groups=4)
+
+
 # --------------------------------------------------------------------------- the test transform
 
 def test_dpt_size_follows_the_minimal_policy() -> None:

@@ -32,38 +32,49 @@ _CFG = "mmseg configs/dpt/{} @ v1.2.2"
 class ReassembleBlocks(nn.Module):
     """Token maps (+ cls tokens) of four ViT blocks -> a pyramid at strides 4, 8, 16 and 32.
 
+    Each ViT level: the cls token is concatenated after every token, ``Linear(2C, C) + GELU`` ("project"
+    readout), 1x1 conv, then resize (x4 deconv, x2 deconv, identity, stride-2 conv). Levels outside
+    ``vit_levels`` (the DPT authors' hybrid feeds ResNet stage maps there) pass through as they are.
+
     Args:
         embed_dim: width of the ViT tokens.
         out_channels: channels of each level after its 1x1 projection.
         readout_type: how the cls token enters the maps; only ``"project"`` (DPT's ADE20K setting) is
             implemented.
+        vit_levels: which of the four levels come from ViT blocks.
     """
 
-    def __init__(self, embed_dim: int, out_channels: Sequence[int],
-                 readout_type: Literal["project"] = "project") -> None:
+    def __init__(self, embed_dim: int, out_channels: Sequence[int], readout_type: Literal["project"] = "project",
+                 vit_levels: Sequence[int] = (0, 1, 2, 3)) -> None:
         super().__init__()
         if readout_type != "project":
             raise ValueError(f"readout_type must be 'project' (the only one any DPT checkpoint uses), "
                              f"got {readout_type!r}")
         if len(out_channels) != 4:
             raise ValueError(f"post_process_channels needs 4 values, got {list(out_channels)}")
+        c = list(out_channels)
+        resize = [
+            lambda: nn.ConvTranspose2d(c[0], c[0], kernel_size=4, stride=4),  # x4
+            lambda: nn.ConvTranspose2d(c[1], c[1], kernel_size=2, stride=2),  # x2
+            nn.Identity,
+            lambda: nn.Conv2d(c[3], c[3], kernel_size=3, stride=2, padding=1),  # /2, rounding up
+        ]
+        self.vit_levels = tuple(vit_levels)
+        vit = [i in self.vit_levels for i in range(4)]
         self.readout_projects = nn.ModuleList([
-            nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) for _ in out_channels])
-        self.projects = nn.ModuleList([plain_conv(embed_dim, c, 1) for c in out_channels])
-        c0, c1, _, c3 = out_channels
-        self.resize_layers = nn.ModuleList([
-            nn.ConvTranspose2d(c0, c0, kernel_size=4, stride=4),  # x4
-            nn.ConvTranspose2d(c1, c1, kernel_size=2, stride=2),  # x2
-            nn.Identity(),
-            nn.Conv2d(c3, c3, kernel_size=3, stride=2, padding=1),  # /2, rounding up
-        ])
+            nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) if v else nn.Identity() for v in vit])
+        self.projects = nn.ModuleList([plain_conv(embed_dim, ch, 1) if v else nn.Identity() for ch, v in zip(c, vit)])
+        self.resize_layers = nn.ModuleList([make() if v else nn.Identity() for make, v in zip(resize, vit)])
 
-    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
         outs = []
         for i, (x, cls) in enumerate(feats):
+            if i not in self.vit_levels:
+                outs.append(x)
+                continue
             b, c, h, w = x.shape
             x = x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
-            # mmseg concatenates [token, cls] in this order before the 2C -> C projection.
+            # concatenated as [token, cls] before the 2C -> C projection
             x = torch.cat([x, cls[:, None].expand_as(x)], dim=-1)
             x = self.readout_projects[i](x).transpose(1, 2).reshape(b, c, h, w)  # (B, h*w, C) -> (B, C, h, w)
             outs.append(self.resize_layers[i](self.projects[i](x)))
@@ -112,32 +123,44 @@ class FeatureFusionBlock(nn.Module):
 
 
 class DPTHead(nn.Module):
-    """DPT decoder: reassemble four ViT levels, fuse them coarse to fine, classify at stride 2.
+    """DPT decoder: reassemble four levels, fuse them coarse to fine, classify at stride 2.
+
+    mmseg's port and the DPT authors' own decoder are the same network but for the arguments marked
+    "authors'" below (their ``DPTSegmentationModel`` in isl-org/DPT ``dpt/models.py``).
 
     Args:
         embed_dim: width of the ViT tokens.
         num_classes: output channels.
-        channels: width of the fusion path.
+        channels: width of the fusion path (the authors' ``features``).
         post_process_channels: channels of the four reassembled levels (strides 4, 8, 16, 32).
         readout_type: how the cls token is used (``"project"`` only).
         dropout_ratio: dropout before ``conv_seg`` (training only).
+        vit_levels: which levels come from ViT blocks; the others (the authors' hybrid: its ResNet stages)
+            pass the reassembly untouched.
+        channel_dropout: drop whole channels (mmseg's ``Dropout2d``) or single values (the authors'
+            ``Dropout``).
+        upsample_logits: end with the authors' x2 bilinear up-sampling (``align_corners=True``) of the
+            stride-2 logits, so they leave the head at the input's size.
     """
 
     def __init__(self, embed_dim: int, num_classes: int, *, channels: int = 256,
                  post_process_channels: Sequence[int] = (96, 192, 384, 768),
-                 readout_type: Literal["project"] = "project", dropout_ratio: float = 0.1) -> None:
+                 readout_type: Literal["project"] = "project", dropout_ratio: float = 0.1,
+                 vit_levels: Sequence[int] = (0, 1, 2, 3), channel_dropout: bool = True,
+                 upsample_logits: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.reassemble_blocks = ReassembleBlocks(embed_dim, post_process_channels, readout_type)
+        self.upsample_logits = upsample_logits
+        self.reassemble_blocks = ReassembleBlocks(embed_dim, post_process_channels, readout_type, vit_levels)
         self.convs = nn.ModuleList([plain_conv(c, channels, 3, bias=False) for c in post_process_channels])
-        # mmseg deletes fusion_blocks[0].res_conv_unit1: the coarsest block has no skip input.
+        # The coarsest block has no skip input: mmseg deletes its res_conv_unit1; the authors' never use it.
         self.fusion_blocks = nn.ModuleList([
             FeatureFusionBlock(channels, with_skip=i > 0) for i in range(len(post_process_channels))])
         self.project = conv_bn(channels, channels, 3)  # conv, BN, ReLU
-        self.dropout = nn.Dropout2d(dropout_ratio)
+        self.dropout = nn.Dropout2d(dropout_ratio) if channel_dropout else nn.Dropout(dropout_ratio)
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
 
-    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def forward(self, feats: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
         if len(feats) != len(self.convs) or not all(isinstance(f, (tuple, list)) for f in feats):
             raise ValueError(f"DPTHead expects {len(self.convs)} (map, cls_token) pairs; build the "
                              "backbone with output_cls_token=True and four out_indices")
@@ -145,7 +168,10 @@ class DPTHead(nn.Module):
         x = self.fusion_blocks[0](levels[-1])
         for block, skip in zip(self.fusion_blocks[1:], reversed(levels[:-1])):
             x = block(x, skip)
-        return self.conv_seg(self.dropout(self.project(x)))  # stride 2 w.r.t. the (padded) input
+        logits = self.conv_seg(self.dropout(self.project(x)))  # stride 2 w.r.t. the (padded) input
+        if self.upsample_logits:
+            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=True)
+        return logits
 
 
 def _build_dpt(*, backbone: dict, num_classes: int, channels: int = 256,

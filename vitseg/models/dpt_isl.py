@@ -7,14 +7,16 @@ commit cd3fe90, ``dpt/models.py`` (``DPT``, ``DPTSegmentationModel``), ``dpt/blo
 (``forward_flex``, ``_resize_pos_embed``, ``ProjectReadout``, ``_make_vit_b16_backbone``,
 ``_make_vit_b_rn50_backbone``) and ``run_segmentation.py``, on timm 0.4.5 (its ``requirements.txt``).
 
-The decoder is the one mmseg later ported (:mod:`vitseg.models.dpt`); what differs from mmseg's DPT is
-kept here:
+The decoder is the one mmseg later ported: :class:`vitseg.models.dpt.DPTHead`, with the authors'
+differences switched on by its arguments; the backbone is :class:`vitseg.models.vit.VisionTransformer`
+(the hybrid: a subclass with a ResNet stem). What differs from mmseg's DPT:
 
 * the ViT's LayerNorms use eps 1e-6 (timm 0.4.5's ``VisionTransformer`` default; mmseg's DPT uses 1e-5);
 * the position table is resized bilinearly (``align_corners=False``) at every forward, not bicubically;
 * the taps are raw block outputs; the hybrid taps ResNet stages 0 and 1 instead of blocks 2 and 5;
 * the head's stride-2 logits are up-sampled x2 bilinearly with ``align_corners=True`` (part of the
-  head, ``output_conv``), not resized to the input with ``align_corners=False``;
+  head, ``output_conv``), not resized to the input with ``align_corners=False``; its dropout drops
+  values, not channels;
 * inputs must have sides that are multiples of 32 (the fusion path adds maps without resizing them);
   the test transform (:data:`vitseg.data.ADE20K_DPT_480`) gives such sizes.
 
@@ -39,14 +41,12 @@ from timm.models.resnetv2 import ResNetV2
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_DPT_480
-from ..layers import conv_bn, plain_conv
 from ..recipe import Recipe
-from .dpt import FeatureFusionBlock
-from .segmentor import Segmentor, check_image_tensor
+from .dpt import DPT, DPTHead
+from .segmentor import Segmentor
 from .vit import VIT_B16, VIT_L16, VisionTransformer, tiny_vit
 
-__all__ = ["StdConv2dSameV045", "ResNetEmbed", "HybridViT", "Reassemble", "DPTISLHead", "DPTISL",
-           "DPT_ISL"]
+__all__ = ["StdConv2dSameV045", "ResNetEmbed", "HybridViT", "DPT_ISL"]
 
 _RELEASE = "https://github.com/intel-isl/DPT/releases/download/1_0"
 _SOURCE = "isl-org/DPT @ cd3fe90 run_segmentation.py + dpt/models.py (timm 0.4.5)"
@@ -79,15 +79,22 @@ class ResNetEmbed(nn.Module):
     Args:
         embed_dim: token width.
         in_chans: input channels.
+        patch_size: the ViT's patch size, which must be the ResNet's stride (4 after the stem, x2 per
+            stage after the first).
         layers: bottleneck blocks per stage.
         channels: output channels per stage.
         stem_chs: channels of the 7x7 stem.
         num_groups: GroupNorm groups.
+        img_size: unused (the base's embedding keyword; a ResNet takes any size).
     """
 
-    def __init__(self, *, embed_dim: int, in_chans: int = 3, layers: Sequence[int] = (3, 4, 9),
-                 channels: Sequence[int] = (256, 512, 1024), stem_chs: int = 64, num_groups: int = 32) -> None:
+    def __init__(self, *, embed_dim: int, in_chans: int = 3, patch_size: int = 16, layers: Sequence[int] = (3, 4, 9),
+                 channels: Sequence[int] = (256, 512, 1024), stem_chs: int = 64, num_groups: int = 32,
+                 img_size: Any = None) -> None:
         super().__init__()
+        stride = 4 * 2 ** (len(layers) - 1)
+        if patch_size != stride:
+            raise ValueError(f"patch_size {patch_size} must be the ResNet's stride, {stride} for {len(layers)} stages")
         self.backbone = ResNetV2(
             layers=list(layers), channels=tuple(channels), stem_chs=stem_chs, in_chans=in_chans, num_classes=0,
             global_pool="", preact=False, stem_type="same", conv_layer=partial(StdConv2dSameV045, eps=1e-5),
@@ -110,133 +117,34 @@ class ResNetEmbed(nn.Module):
 class HybridViT(VisionTransformer):
     """ViT whose patch embedding is a ResNet (:class:`ResNetEmbed`); returns ResNet stage maps, then block maps.
 
+    With ``output_cls_token`` every item is a ``(map, cls)`` pair, ``cls`` being ``None`` for the ResNet
+    stages (:class:`~vitseg.models.dpt.ReassembleBlocks` passes those levels through).
+
     Args:
         resnet: keyword arguments of :class:`ResNetEmbed` (except ``embed_dim`` / ``in_chans``).
         stage_indices: ResNet stages whose outputs come first in the returned list.
-        **kwargs: :class:`VisionTransformer` arguments (``patch_size`` is the ResNet's stride, 16).
+        **kwargs: :class:`~vitseg.models.vit.VisionTransformer` arguments (``patch_size`` is the ResNet's
+            stride, 16).
     """
 
     def __init__(self, *, resnet: dict[str, Any], stage_indices: Sequence[int] = (0, 1), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(embed_layer=partial(ResNetEmbed, **resnet), **kwargs)
         self.stage_indices = tuple(stage_indices)
-        self.patch_embed = ResNetEmbed(embed_dim=self.embed_dim, in_chans=kwargs.get("in_chans", 3), **resnet)
         if any(not 0 <= i < len(self.patch_embed.backbone.stages) for i in self.stage_indices):
             raise ValueError(f"stage_indices {self.stage_indices} must name ResNet stages "
                              f"(0..{len(self.patch_embed.backbone.stages) - 1})")
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list:
-        """``[stage maps of stage_indices] + [(map, cls) of the blocks in indices]``."""
+        """Maps of ``stage_indices``, then those of the blocks in ``indices``."""
         stages = self.patch_embed.forward_stages(x)
         tokens = self.patch_embed.proj(stages[-1])  # (B, C, H/16, W/16)
-        return [stages[i] for i in self.stage_indices] + self.intermediates_from_tokens(tokens, indices)
-
-
-class Reassemble(nn.Module):
-    """ViT levels -> maps at strides 4, 8, 16, 32 (readout "project", 1x1 conv, resize); ResNet levels pass.
-
-    The authors' ``act_postprocess1..4`` (``dpt/vit.py``); the cls token is concatenated after each token
-    before the ``Linear(2C, C) + GELU`` projection. Levels that come from the hybrid's ResNet stages are
-    used as they are (their ``act_postprocess`` are identities).
-
-    Args:
-        embed_dim: width of the ViT tokens.
-        out_channels: channels of the four levels.
-        vit_levels: which of the four levels come from ViT blocks.
-    """
-
-    def __init__(self, embed_dim: int, out_channels: Sequence[int], vit_levels: Sequence[int] = (0, 1, 2, 3)
-                 ) -> None:
-        super().__init__()
-        if len(out_channels) != 4:
-            raise ValueError(f"post_process_channels needs 4 values, got {list(out_channels)}")
-        c = list(out_channels)
-        resize = [
-            lambda: nn.ConvTranspose2d(c[0], c[0], kernel_size=4, stride=4),  # x4
-            lambda: nn.ConvTranspose2d(c[1], c[1], kernel_size=2, stride=2),  # x2
-            nn.Identity,
-            lambda: nn.Conv2d(c[3], c[3], kernel_size=3, stride=2, padding=1),  # /2
-        ]
-        self.vit_levels = tuple(vit_levels)
-        vit = [i in self.vit_levels for i in range(4)]
-        self.readout_projects = nn.ModuleList([
-            nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) if v else nn.Identity() for v in vit])
-        self.projects = nn.ModuleList([plain_conv(embed_dim, ch, 1) if v else nn.Identity()
-                                       for ch, v in zip(c, vit)])
-        self.resize_layers = nn.ModuleList([make() if v else nn.Identity() for make, v in zip(resize, vit)])
-
-    def forward(self, feats: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        outs = []
-        for i, feat in enumerate(feats):
-            if i not in self.vit_levels:
-                outs.append(feat)
-                continue
-            x, cls = feat
-            b, c, h, w = x.shape
-            x = x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
-            x = torch.cat([x, cls[:, None].expand_as(x)], dim=-1)
-            x = self.readout_projects[i](x).transpose(1, 2).reshape(b, c, h, w)  # -> (B, C, h, w)
-            outs.append(self.resize_layers[i](self.projects[i](x)))
-        return outs
-
-
-class DPTISLHead(nn.Module):
-    """The authors' decoder: reassemble, ``layerN_rn`` 3x3 convs, four fusion blocks, ``output_conv``.
-
-    ``output_conv`` is conv (no bias) + BN + ReLU + dropout + 1x1 conv + x2 bilinear up-sampling with
-    ``align_corners=True``: the logits leave the head at the input's size.
-
-    Args:
-        embed_dim: width of the ViT tokens.
-        num_classes: output channels.
-        channels: width of the fusion path (``features``).
-        post_process_channels: channels of the four levels (strides 4, 8, 16, 32).
-        vit_levels: which levels come from ViT blocks (the others from the hybrid's ResNet).
-        dropout_ratio: dropout before ``conv_seg`` (training only).
-    """
-
-    def __init__(self, embed_dim: int, num_classes: int, *, channels: int = 256,
-                 post_process_channels: Sequence[int] = (256, 512, 1024, 1024),
-                 vit_levels: Sequence[int] = (0, 1, 2, 3), dropout_ratio: float = 0.1) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.reassemble_blocks = Reassemble(embed_dim, post_process_channels, vit_levels)
-        self.convs = nn.ModuleList([plain_conv(c, channels, 3, bias=False) for c in post_process_channels])
-        # refinenet4 of the authors has a resConfUnit1 it never uses; the converter drops it.
-        self.fusion_blocks = nn.ModuleList([
-            FeatureFusionBlock(channels, with_skip=i > 0) for i in range(len(post_process_channels))])
-        self.project = conv_bn(channels, channels, 3)  # conv (no bias), BN, ReLU
-        self.dropout = nn.Dropout(dropout_ratio)
-        self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
-
-    def forward(self, feats: Sequence[Any]) -> torch.Tensor:
-        levels = [conv(x) for conv, x in zip(self.convs, self.reassemble_blocks(feats))]
-        x = self.fusion_blocks[0](levels[-1])
-        for block, skip in zip(self.fusion_blocks[1:], reversed(levels[:-1])):
-            x = block(x, skip)
-        logits = self.conv_seg(self.dropout(self.project(x)))  # stride 2
-        return F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=True)
-
-
-class DPTISL(Segmentor):
-    """Backbone + :class:`DPTISLHead`; ``forward`` takes sides that are multiples of 32 and returns logits there."""
-
-    def __init__(self, backbone: nn.Module, decode_head: nn.Module, in_chans: int = 3) -> None:
-        super().__init__(backbone, decode_head, in_chans=in_chans, input_multiple=INPUT_MULTIPLE)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_tensor(x, self.in_chans)
-        h, w = x.shape[-2:]
-        m = self.input_multiple
-        if h % m or w % m:
-            up = [-(-s // m) * m for s in (h, w)]
-            raise ValueError(
-                f"This DPT takes inputs of sides that are multiples of {m}, got {h}x{w}: resize the "
-                f"image (e.g. to {up[0]}x{up[1]}) as its test transform does (vitseg.predict does it for you).")
-        return self.decode_head(self.backbone(x))
+        taps = [(stages[i], None) if self.output_cls_token else stages[i] for i in self.stage_indices]
+        return taps + self.intermediates_from_tokens(tokens, indices)
 
 
 def _build_dpt_isl(*, backbone: dict, num_classes: int, channels: int = 256,
-                   post_process_channels: Sequence[int] = (256, 512, 1024, 1024)) -> DPTISL:
+                   post_process_channels: Sequence[int] = (256, 512, 1024, 1024)) -> Segmentor:
+    """The authors' ViT (or hybrid) and DPT decoder; inputs must have sides that are multiples of 32."""
     if not backbone.get("output_cls_token", False):
         raise ValueError("DPT's readout needs the cls token: set backbone output_cls_token=True")
     if "resnet" in backbone:
@@ -250,9 +158,9 @@ def _build_dpt_isl(*, backbone: dict, num_classes: int, channels: int = 256,
         encoder, stages = VisionTransformer(**backbone), ()
     if len(stages) + len(encoder.out_indices) != 4:
         raise ValueError("DPT needs four levels: ResNet stage_indices plus ViT out_indices")
-    head = DPTISLHead(encoder.embed_dim, num_classes, channels=channels,
-                      post_process_channels=post_process_channels, vit_levels=range(len(stages), 4))
-    return DPTISL(encoder, head, in_chans=backbone.get("in_chans", 3))
+    head = DPTHead(encoder.embed_dim, num_classes, channels=channels, post_process_channels=post_process_channels,
+                   vit_levels=range(len(stages), 4), channel_dropout=False, upsample_logits=True)
+    return Segmentor(encoder, head, in_chans=backbone.get("in_chans", 3), input_multiple=INPUT_MULTIPLE)
 
 
 def _tiny(arch: dict, *, depth: int, img_size: int | None) -> dict:
@@ -278,7 +186,7 @@ DPT_ISL = Family(
     build=_build_dpt_isl,
     tiny=_tiny,
     describe=_describe,
-    class_sized={"decode_head.conv_seg.weight": 0, "decode_head.conv_seg.bias": 0},
+    class_sized=DPT.class_sized,  # the same head
 )
 
 

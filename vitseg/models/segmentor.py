@@ -78,6 +78,15 @@ class Segmentor(nn.Module):
     def num_classes(self) -> int:
         return self.decode_head.num_classes
 
+    def check_input_multiple(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless both sides are multiples of ``input_multiple``."""
+        m = self.input_multiple
+        if height % m or width % m:
+            up = [-(-s // m) * m for s in (height, width)]
+            raise ValueError(
+                f"This model takes inputs of sides that are multiples of {m}, got {height}x{width}: resize the "
+                f"image (e.g. to {up[0]}x{up[1]}) as its test transform does (vitseg.predict does it for you).")
+
     def extract_feat(self, x: torch.Tensor) -> list:
         feats = self.backbone(x)
         return self.neck(feats) if self.neck is not None else feats
@@ -90,6 +99,7 @@ class Segmentor(nn.Module):
         auxiliary heads, ``(logits, [aux_logits, ...])`` in their order.
         """
         check_image_tensor(x, self.in_chans)
+        self.check_input_multiple(*x.shape[-2:])
         feats = self.extract_feat(x)
         logits = resize_to(self.decode_head(feats), x.shape[-2:])
         if self.training and isinstance(self.auxiliary_head, nn.ModuleList):
