@@ -21,6 +21,7 @@ from timm.models.vision_transformer import Block
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512, ADE20K_SLIDE_640
 from ..recipe import SGD_POLY, Recipe
+from ._mmseg import mmseg_weights
 from .segmentor import Segmentor
 from .vit import VIT_B16, VIT_L16, VIT_S16, VIT_T16, VisionTransformer, drop_path_rates, tiny_vit
 
@@ -151,9 +152,8 @@ def _recipe(cfg: str, *, crop: int = 512) -> Recipe:
                                crop_size=(crop, crop), scale=(4 * crop, crop), source=_CFG.format(cfg))
 
 
-def _weights(path: str, miou: float, ms: float, tag: str | None = None, cfg: str = "") -> Weights:
-    return Weights(url=f"{_MMSEG}/{path}", metrics={"mIoU": miou, "mIoU_ms_flip": ms}, tag=tag,
-                   source=_CFG.format(cfg))
+def _weights(run: str, stamp: str, miou: float, ms: float, cfg: str, tag: str | None = None) -> Weights:
+    return mmseg_weights(_MMSEG, run, stamp, miou, ms, source=_CFG.format(cfg), tag=tag)
 
 
 register_model(ZooEntry(
@@ -161,10 +161,8 @@ register_model(ZooEntry(
     family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_T16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
-    weights=(_weights(
-        "segmenter_vit-t_mask_8x1_512x512_160k_ade20k/"
-        "segmenter_vit-t_mask_8x1_512x512_160k_ade20k_20220105_151706-ffcf7509.pth",
-        39.99, 40.83, cfg="segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),),
+    weights=(_weights("segmenter_vit-t_mask_8x1_512x512_160k_ade20k", "20220105_151706-ffcf7509", 39.99, 40.83,
+                      "segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=6_713_388,
     source=_CFG.format("segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),
     recipe=_recipe("segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py"),
@@ -175,10 +173,8 @@ register_model(ZooEntry(
     family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_S16), head="linear", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
-    weights=(_weights(
-        "segmenter_vit-s_linear_8x1_512x512_160k_ade20k/"
-        "segmenter_vit-s_linear_8x1_512x512_160k_ade20k_20220105_151713-39658c46.pth",
-        45.75, 46.82, cfg="segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),),
+    weights=(_weights("segmenter_vit-s_linear_8x1_512x512_160k_ade20k", "20220105_151713-39658c46", 45.75, 46.82,
+                      "segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),),
     num_params=22_041_366,
     source=_CFG.format("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
     recipe=_recipe("segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512.py"),
@@ -189,10 +185,8 @@ register_model(ZooEntry(
     family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_S16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
-    weights=(_weights(
-        "segmenter_vit-s_mask_8x1_512x512_160k_ade20k/"
-        "segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth",
-        46.19, 47.85, cfg="segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),),
+    weights=(_weights("segmenter_vit-s_mask_8x1_512x512_160k_ade20k", "20220105_151706-511bb103", 46.19, 47.85,
+                      "segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=26_033_964,
     source=_CFG.format("segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),
     recipe=_recipe("segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py"),
@@ -203,10 +197,8 @@ register_model(ZooEntry(
     family=SEGMENTER,
     arch=dict(backbone=_backbone(VIT_B16), head="mask", num_classes=150),
     preprocess=ADE20K_SLIDE_512,
-    weights=(_weights(
-        "segmenter_vit-b_mask_8x1_512x512_160k_ade20k/"
-        "segmenter_vit-b_mask_8x1_512x512_160k_ade20k_20220105_151706-bc533b08.pth",
-        49.60, 51.07, cfg="segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),),
+    weights=(_weights("segmenter_vit-b_mask_8x1_512x512_160k_ade20k", "20220105_151706-bc533b08", 49.60, 51.07,
+                      "segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),),
     num_params=102_497_580,
     source=_CFG.format("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),
     recipe=_recipe("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"),
@@ -219,9 +211,8 @@ register_model(ZooEntry(
     preprocess=ADE20K_SLIDE_640,
     weights=(
         # January 2022 checkpoint: the one mmseg 0.21-0.25 and every 1.x release list.
-        _weights("segmenter_vit-l_mask_8x1_512x512_160k_ade20k/"
-                 "segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be.pth",
-                 52.16, 53.65, tag="jan22", cfg="segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py"),
+        _weights("segmenter_vit-l_mask_8x1_512x512_160k_ade20k", "20220105_162750-7ef345be", 52.16, 53.65,
+                 "segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py", tag="jan22"),
         # June 2022 retrain published with mmseg 0.26-0.30 (same architecture and keys).
         Weights(url=f"{_MMSEG}/segmenter_vit-l_mask_8x1_640x640_160k_ade20k/"
                     "segmenter_vit-l_mask_8x1_640x640_160k_ade20k_20220614_024513-4783a347.pth",
