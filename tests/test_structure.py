@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitseg"
 LAYERS = [
     ["vitseg._version", "vitseg._io", "vitseg._argtypes", "vitseg.data", "vitseg.recipe"],
     ["vitseg._registry", "vitseg.layers", "vitseg.metrics", "vitseg.viz", "vitseg.convert"],
-    ["vitseg.models", "vitseg._checkpoint", "vitseg._pretrained"],
+    ["vitseg.models", "vitseg._checkpoint", "vitseg._folders"],
     ["vitseg._hub"],
     ["vitseg._factory", "vitseg.eval", "vitseg.timing", "vitseg.train"],
     ["vitseg.cli", "vitseg.__main__"],
 ]
-FAMILY_MAY_USE = ("vitseg._registry", "vitseg.data", "vitseg.recipe", "vitseg.layers", "vitseg.models", "vitseg._pretrained")
+FAMILY_MAY_USE = ("vitseg._registry", "vitseg.data", "vitseg.recipe", "vitseg.layers", "vitseg.models", "vitseg._folders")
 
 
 def _module_name(path: Path) -> str:

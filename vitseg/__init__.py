@@ -19,7 +19,7 @@ _API = {
     "Preprocess": ".data", "DatasetInfo": ".data", "register_dataset": ".data", "list_datasets": ".data",
     "Segmentor": ".models.segmentor",
     "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
-    "save_pretrained": "._pretrained", "push_to_hub": "._pretrained",
+    "save_pretrained": "._folders", "push_to_hub": "._folders",
     "evaluate": ".eval.evaluate", "predict": ".eval.predict", "get_transform": ".eval.predict",
     "predict_files": ".eval.bulk",
     "benchmark": ".timing",
@@ -30,7 +30,7 @@ __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
     from ._factory import create_model, load_pretrained_backbone
-    from ._pretrained import push_to_hub, save_pretrained
+    from ._folders import push_to_hub, save_pretrained
     from ._registry import Family, Weights, ZooEntry, get_entry, list_models, register_model, tiny_overrides
     from .timing import benchmark
     from .data import DatasetInfo, Preprocess, list_datasets, register_dataset

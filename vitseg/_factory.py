@@ -16,7 +16,7 @@ from . import models  # noqa: F401  (importing the families registers the zoo)
 from ._checkpoint import (class_count, load_backbone, load_converted, load_into, read_checkpoint, read_converted,
                           read_state_dict, to_vitseg)
 from ._hub import fetch_file, fetch_hf_folder, fetch_weights
-from ._pretrained import WEIGHTS_NAME, read_config, read_identity
+from ._folders import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
 from .data import default_palette
 from .models.segmentor import Segmentor

@@ -188,7 +188,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from ._hub import fetch_hf_folder
-        from ._pretrained import read_config
+        from ._folders import read_config
         scheme, _, rest = args.name.partition(":")
         folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
         config = read_config(folder, name=args.name)
@@ -335,7 +335,7 @@ def _cmd_export_zoo(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ._factory import create_model
-    from ._pretrained import save_pretrained
+    from ._folders import save_pretrained
     from ._registry import list_models
     names = list_models(args.pattern, pretrained=True)
     if not names:

@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write, unlink_quietly, write_json
-from .._pretrained import save_pretrained
+from .._folders import save_pretrained
 from ..data import Preprocess
 from ..eval.evaluate import _dist_context, evaluate
 from ..models.segmentor import Segmentor
