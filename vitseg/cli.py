@@ -246,7 +246,7 @@ def _summary(labels_png: str, class_names: tuple[str, ...]) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.bulk import find_images, no_images_message, predict_files
+    from .inference.predict_files import find_images, no_images_message, predict_files
     if not find_images(args.images):  # a missing input, or none with an image, fails before the model is loaded
         raise FileNotFoundError(no_images_message(args.images))
     device = None if args.device is None and "LOCAL_RANK" in os.environ else _device(args.device)
@@ -283,7 +283,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _open_dataset(args: argparse.Namespace, num_classes: int):
     from .data import dataset_info
-    from .eval.datasets import open_dataset
+    from .readers import open_dataset
     classes = read_class_names(args.class_names) if args.class_names else None
     if dataset_info(args.dataset).classes:
         if classes is not None or args.reduce_zero_label:

@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.segmentor import Segmentor
-from .inference import slide_inference, whole_inference
 from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_image, prepare_input,
                        rescale_uint8, tta_scales)
 from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
+from .windows import slide_inference, whole_inference
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,18 +1,19 @@
-"""Evaluation datasets: readers for the datasets declared in :mod:`vitseg.data` (ADE20K, folders of images +
-label PNGs, and any registered later).
+"""Dataset readers: copies on disk of the datasets declared in :mod:`vitseg.data` (ADE20K, folders of images
++ label PNGs, and any registered later), read alike by evaluation and training.
 
 :func:`open_dataset` opens a copy on disk from its declaration (layout, classes, labels); :class:`ADE20K`
 is the same for ``"ade20k"``. Items are dicts ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) int64, "path": str,
 "label_path": str}`` at the original size;
-the test pipeline (resize, normalize) is applied by :func:`vitseg.evaluate` / :func:`vitseg.predict`.
+the test pipeline (resize, normalize) is applied by :func:`vitseg.evaluate` / :func:`vitseg.predict`, the
+train pipeline by :mod:`vitseg.train`.
 """
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..data import DatasetInfo, dataset_info
-from .pipeline import Backend, load_image
+from .data import DatasetInfo, dataset_info
+from .inference.pipeline import Backend, load_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,7 +72,7 @@ class FolderDataset:
         classes: class names (for the per-class table); default: numbered.
         num_classes: number of classes if ``classes`` is not given.
         ignore_index: label value excluded from the metric.
-        backend: image decoder, see :mod:`vitseg.eval.pipeline`.
+        backend: image decoder, see :mod:`vitseg.inference.pipeline`.
     """
 
     def __init__(self, img_dir: str | os.PathLike, ann_dir: str | os.PathLike, *,
@@ -166,7 +167,7 @@ def open_dataset(name: str, root: str | os.PathLike, split: str | None = None, *
         classes: class names, for datasets that do not declare them (``"folder"``).
         num_classes: the class count, when names are not given (classes are then numbered).
         reduce_zero_label: override the dataset's rule (label 0 = unlabelled, classes from 1).
-        backend: image decoder, see :mod:`vitseg.eval.pipeline`.
+        backend: image decoder, see :mod:`vitseg.inference.pipeline`.
     """
     info = dataset_info(name)
     _, img_dir, ann_dir = _split_dirs(info, os.fspath(root), split)
@@ -186,7 +187,7 @@ class ADE20K(FolderDataset):
     Args:
         root: the ``ADEChallengeData2016`` folder or its parent.
         split: ``"validation"`` (2000 images) or ``"training"``.
-        backend: image decoder, see :mod:`vitseg.eval.pipeline`.
+        backend: image decoder, see :mod:`vitseg.inference.pipeline`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "validation", *, backend: Backend = "auto") -> None:
