@@ -15,7 +15,8 @@ import torch.nn as nn
 from . import models  # noqa: F401  (importing the families registers the zoo)
 from ._checkpoint import (class_count, load_backbone, load_converted, load_into, read_checkpoint, read_converted,
                           read_state_dict, to_vitseg)
-from ._hub import fetch_file, fetch_hf_folder, fetch_weights
+from ._hub.files import fetch_file, fetch_hf_folder
+from ._hub.zoo import fetch_weights
 from ._folders import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
 from .data import default_palette

@@ -187,7 +187,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     if args.name.startswith(("local-dir:", "hf-hub:")):
         from pathlib import Path
 
-        from ._hub import fetch_hf_folder
+        from ._hub.files import fetch_hf_folder
         from ._folders import read_config
         scheme, _, rest = args.name.partition(":")
         folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
