@@ -8,7 +8,7 @@ and random label PNGs into a temporary folder, and uses random weights (seeded),
 downloaded. Then:
 
 1. **CPU vs GPU, fp32.** The first ``--check-images`` images are labelled with
-   :func:`vitseg.eval.predict.label_map` on the CPU and on the GPU, and evaluated on both: the
+   :func:`vitseg.inference.predict.label_map` on the CPU and on the GPU, and evaluated on both: the
    fraction of pixels whose label differs and the two mIoUs are reported (the GPU check of the evaluation).
 2. **Throughput of ``evaluate`` on the GPU** over all images with: no DataLoader workers (decode and
    resize between forwards), ``--workers`` workers, workers + pinned memory (the default on CUDA), and
@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vitseg  # noqa: E402
+from vitseg.inference.predict import label_map  # noqa: E402
+from vitseg.readers import ADE20K  # noqa: E402
 from vitseg.timing import image_sizes  # noqa: E402
-from vitseg.eval import ADE20K  # noqa: E402
-from vitseg.eval.predict import label_map  # noqa: E402
 
 
 def write_fake_ade20k(root: str, n: int, short: int = 512, seed: int = 0) -> str:

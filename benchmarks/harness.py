@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 def _protocol_fn(model: nn.Module, mode: str, crop: tuple[int, int] | None, stride: tuple[int, int] | None,
                  windows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     if mode == "slide":
-        from vitseg.eval.inference import slide_inference
+        from vitseg.inference.windows import slide_inference
         return lambda x: slide_inference(model, x, crop, stride, batch_size=windows)
     return model
 

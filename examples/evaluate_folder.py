@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import vitseg
-from vitseg.eval.datasets import FolderDataset
+from vitseg.readers import FolderDataset
 
 from finetune import CLASSES, synthetic_batch  # the sibling script in examples/
 

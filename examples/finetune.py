@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 import vitseg
-from vitseg.eval.datasets import open_dataset
+from vitseg.readers import open_dataset
 from vitseg.train import fit, get_recipe, has_auxiliary_head
 
 IGNORE = 255

@@ -153,7 +153,7 @@ def test_timm_mae_weights(tmp_path) -> None:
 
 def test_tta_min_size_follows_mmseg_0x() -> None:
     """0.x ``Resize(keep_ratio=True, min_size=640)`` at the (2560, 640) ms scales of a 480x640 (h, w) image."""
-    from vitseg.eval.pipeline import min_size_scale, rescale_size, tta_scales
+    from vitseg.inference.pipeline import min_size_scale, rescale_size, tta_scales
     sizes = [rescale_size((640, 480), min_size_scale(s, 640, 480, 640)) for s in tta_scales((2560, 640))]
     assert sizes == [(853, 640), (853, 640), (853, 640), (1067, 800), (1280, 960), (1493, 1120)]
     # a 1:5 panorama: the long-side bound (2560) no longer applies, the short side always reaches 640
@@ -163,7 +163,7 @@ def test_tta_min_size_follows_mmseg_0x() -> None:
 def test_tta_runs_a_fixed_grid_model_with_min_size() -> None:
     import numpy as np
 
-    from vitseg.eval.predict import label_map
+    from vitseg.inference.predict import label_map
     model = vitseg.create_model("upernet_beit_b16_ade20k", num_classes=5, backbone=dict(
         embed_dim=32, depth=4, num_heads=2, img_size=32, out_indices=(0, 1, 2, 3)), channels=16)
     pre = vitseg.Preprocess(mean=(120.0,) * 3, std=(60.0,) * 3, resize=(128, 32), mode="slide", crop_size=(32, 32),

@@ -95,7 +95,7 @@ def test_eval_runs_the_protocol_with_workers(tiny_ade_entry, ade_root, tmp_path,
     text = capsys.readouterr().out
     printed = json.loads(text[text.rindex("{"):])  # the summary the command prints last
     saved = json.loads(out.read_text())
-    ref = vitseg.evaluate(model, vitseg.eval.ADE20K(ade_root), max_images=3, progress=False, verbose=False)
+    ref = vitseg.evaluate(model, vitseg.readers.ADE20K(ade_root), max_images=3, progress=False, verbose=False)
     assert saved["num_images"] == 3 and saved["mIoU"] == printed["mIoU"] == ref["mIoU"]
     assert saved["area_pred"] == ref["area_pred"] and 0 < saved["aAcc"] < 100
     assert saved["num_workers"] == 2 and ref["num_workers"] == 0
@@ -288,7 +288,7 @@ def test_fine_tune_by_zoo_name_in_predict_eval_convert(tiny_entry, fine_tuned, t
     table = capsys.readouterr().out
     assert saved["classes"] == NAMES and all(n in table for n in NAMES)  # the model's names, not 0 1 2
     assert saved["num_workers"] == 0  # --workers defaults to evaluate's choice: 0 on CPU (docs/evaluation.md)
-    ref = vitseg.evaluate(model, vitseg.eval.open_dataset("folder", data, num_classes=3), device="cpu",
+    ref = vitseg.evaluate(model, vitseg.readers.open_dataset("folder", data, num_classes=3), device="cpu",
                           progress=False, verbose=False)
     assert saved["mIoU"] == ref["mIoU"]
     dst = tmp_path / "ft.safetensors"

@@ -24,7 +24,7 @@ from vitseg._factory import merge_arch
 from vitseg._registry import unregister_model
 from vitseg.convert import FORMATS, identify_format
 from vitseg.data import ADE20K_DPT_480, Preprocess
-from vitseg.eval.pipeline import dpt_size, prepare_input, resize_float64
+from vitseg.inference.pipeline import dpt_size, prepare_input, resize_float64
 from vitseg.models.dpt_isl import StdConv2dSameV045
 
 with open(os.path.join(FIXTURES, "dpt_isl_manifest.json")) as _f:
@@ -374,7 +374,7 @@ def test_evaluate_reproduces_the_authors_labels(tmp_path) -> None:
     """``vitseg.evaluate`` on a folder whose label files are the authors' predictions: 100 % agreement."""
     from PIL import Image
 
-    from vitseg.eval import FolderDataset
+    from vitseg.readers import FolderDataset
 
     name = "dpt_isl_vit_l16_ade20k"
     io = _io(name)

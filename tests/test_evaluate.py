@@ -16,11 +16,11 @@ from PIL import Image
 
 import vitseg
 from vitseg.data import Preprocess
-from vitseg.eval import ADE20K, FolderDataset
-from vitseg.eval import pipeline as P
-from vitseg.eval.inference import slide_inference
-from vitseg.eval.postprocess import resize_rows, resized_argmax, row_bands
+from vitseg.inference import pipeline as P
+from vitseg.inference.postprocess import resize_rows, resized_argmax, row_bands
+from vitseg.inference.windows import slide_inference
 from vitseg.metrics import IoUMetric
+from vitseg.readers import ADE20K, FolderDataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(40, 57), (61, 33), (48, 48), (25, 90)]  # (h, w)
@@ -236,7 +236,7 @@ def test_two_process_gloo_equals_single_process(ade_root: Path, tmp_path: Path) 
         "torch.manual_seed(0)\n"
         f"model = {MODEL_CODE}\n"
         f"pp = {WHOLE!r}\n"
-        "res = vitseg.evaluate(model, vitseg.eval.ADE20K(sys.argv[1], backend='pillow'), preprocess=pp,\n"
+        "res = vitseg.evaluate(model, vitseg.readers.ADE20K(sys.argv[1], backend='pillow'), preprocess=pp,\n"
         "                      backend='pillow', progress=False, verbose=False)\n"
         "json.dump(res, open(sys.argv[2] + os.environ['RANK'], 'w'))\n")
     port = str(_free_port())

@@ -14,8 +14,8 @@ import vitseg
 from conftest import load_io, tiny_overrides
 from test_evaluate import SLIDE, WHOLE, ade_root, tiny_model  # noqa: F401 -- ade_root is a fixture
 from test_parity import CASES, MANIFEST, build_fixture_model, run_case, tolerance
-from vitseg.eval import ADE20K
 from vitseg.metrics import IoUMetric
+from vitseg.readers import ADE20K
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(_REPO, "tools"), os.path.join(_REPO, "benchmarks")]
@@ -122,8 +122,8 @@ def test_metric_update_never_waits_for_the_gpu() -> None:
 def test_evaluate_step_never_waits_for_the_gpu(pp) -> None:
     """One image of evaluate's loop (pinned copies, normalize, forward, resized argmax, metric) queues
     its work without a host sync, so the next image's copy and launch overlap this one's compute."""
-    from vitseg.eval.pipeline import rescale_uint8
-    from vitseg.eval.predict import label_map
+    from vitseg.inference.pipeline import rescale_uint8
+    from vitseg.inference.predict import label_map
     gen = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (40, 57, 3), dtype=torch.uint8, generator=gen).numpy()
     resized = torch.from_numpy(rescale_uint8(img, pp.resize, backend="pillow")).pin_memory()

@@ -24,3 +24,13 @@ def test_vitseg_adds_no_heavy_imports_beyond_timm():
     heavy = [m for m in added if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
     assert heavy == [], f"import vitseg pulls in {heavy} beyond timm's imports; import them lazily"
     assert "vitseg.models" in added  # the probe did load the zoo
+
+
+def test_readers_keep_their_earlier_paths():
+    """Scripts written against ``vitseg.eval.datasets`` (or ``vitseg.eval.ADE20K``) get the readers themselves."""
+    from vitseg import readers
+    from vitseg.eval import ADE20K, FolderDataset, open_dataset
+    from vitseg.eval.datasets import load_label
+
+    assert (ADE20K, FolderDataset, open_dataset, load_label) == (
+        readers.ADE20K, readers.FolderDataset, readers.open_dataset, readers.load_label)

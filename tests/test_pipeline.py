@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitseg.eval import pipeline as P
+from vitseg.inference import pipeline as P
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 
@@ -123,7 +123,7 @@ def test_opencv_pixel_limit_is_our_error_naming_the_file(tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photo)
     code = textwrap.dedent(f"""
         import sys
-        from vitseg.eval.pipeline import load_image
+        from vitseg.inference.pipeline import load_image
         from vitseg.cli import main
         try:
             load_image({str(photo)!r}, backend="opencv")

@@ -9,17 +9,20 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitseg"
 
-# Lower layers never import higher ones: cli -> api (create_model, predict, evaluate) -> hub -> checkpoint
-# -> registry; families (vitseg.models) depend on the registry, the dataset declarations and the layers.
+# Lower layers never import higher ones: cli -> api (create_model, evaluate, train) -> prediction and dataset
+# readers -> hub -> checkpoint -> registry; families (vitseg.models) depend on the registry, the dataset
+# declarations and the layers.
 LAYERS = [
-    ["vitseg._version", "vitseg._io", "vitseg._argtypes", "vitseg.data", "vitseg.recipe"],
+    ["vitseg._version", "vitseg._io", "vitseg._argtypes", "vitseg._distributed", "vitseg.data", "vitseg.recipe"],
     ["vitseg._registry", "vitseg.layers", "vitseg.pos_embed", "vitseg.metrics", "vitseg.viz", "vitseg.convert"],
-    ["vitseg.models", "vitseg._checkpoint", "vitseg._pretrained"],
+    ["vitseg.models", "vitseg._checkpoint", "vitseg._folders"],
     ["vitseg._hub"],
+    ["vitseg.inference", "vitseg.readers"],
     ["vitseg._factory", "vitseg.eval", "vitseg.timing", "vitseg.train"],
     ["vitseg.cli", "vitseg.__main__"],
 ]
-FAMILY_MAY_USE = ("vitseg._registry", "vitseg.data", "vitseg.recipe", "vitseg.layers", "vitseg.pos_embed", "vitseg.models", "vitseg._pretrained")
+FAMILY_MAY_USE = ("vitseg._registry", "vitseg.data", "vitseg.recipe", "vitseg.layers", "vitseg.pos_embed",
+                  "vitseg.models", "vitseg._folders")
 
 
 def _module_name(path: Path) -> str:
@@ -73,7 +76,7 @@ def _edges() -> dict[str, set[str]]:
             own_packages = {mod.rsplit(".", i)[0] for i in range(1, mod.count(".") + 1)}
             for t in found:
                 parts = t.split(".")
-                # vitseg.eval.inference also runs vitseg/eval/__init__.py, unless that package is the
+                # vitseg.inference.pipeline also runs vitseg/inference/__init__.py, unless that package is the
                 # importer's own (then it is already being initialized)
                 for i in range(2, len(parts) + 1):
                     pkg = ".".join(parts[:i])

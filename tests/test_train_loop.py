@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import vitseg
 from vitseg.cli import main
-from vitseg.eval.datasets import open_dataset
+from vitseg.readers import open_dataset
 from vitseg.train import fit, get_recipe
 from vitseg.train.loop import TrainingDiverged, eval_preprocess, find_checkpoint
 

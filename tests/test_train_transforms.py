@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitseg.eval.pipeline import normalize
+from vitseg.inference.pipeline import normalize
 from vitseg.train.transforms import (
     PhotometricParams, TrainPipeline, apply_photometric, collate, crop, draw_crop_box, draw_flip, draw_photometric,
     draw_scale, flip, hsv_to_rgb, rescale_pair, resize_label, rgb_to_hsv,

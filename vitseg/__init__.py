@@ -18,26 +18,27 @@ _API = {
     "Family": "._registry", "ZooEntry": "._registry", "Weights": "._registry",
     "Preprocess": ".data", "DatasetInfo": ".data", "register_dataset": ".data", "list_datasets": ".data",
     "Segmentor": ".models.segmentor",
-    "slide_inference": ".eval.inference", "whole_inference": ".eval.inference",
-    "save_pretrained": "._pretrained", "push_to_hub": "._pretrained",
-    "evaluate": ".eval.evaluate", "predict": ".eval.predict", "get_transform": ".eval.predict",
-    "predict_files": ".eval.bulk",
+    "slide_inference": ".inference.windows", "whole_inference": ".inference.windows",
+    "save_pretrained": "._folders", "push_to_hub": "._folders",
+    "evaluate": ".eval.evaluate", "predict": ".inference.predict", "get_transform": ".inference.predict",
+    "predict_files": ".inference.predict_files",
     "benchmark": ".timing",
 }
-_SUBMODULES = ("convert", "data", "eval", "metrics", "models", "recipe", "timing", "train", "viz")
+_SUBMODULES = ("convert", "data", "eval", "inference", "metrics", "models", "readers", "recipe", "timing", "train",
+               "viz")
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
     from ._factory import create_model, load_pretrained_backbone
-    from ._pretrained import push_to_hub, save_pretrained
+    from ._folders import push_to_hub, save_pretrained
     from ._registry import Family, Weights, ZooEntry, get_entry, list_models, register_model, tiny_overrides
     from .timing import benchmark
     from .data import DatasetInfo, Preprocess, list_datasets, register_dataset
     from .eval.evaluate import evaluate
-    from .eval.inference import slide_inference, whole_inference
-    from .eval.bulk import predict_files
-    from .eval.predict import get_transform, predict
+    from .inference.predict import get_transform, predict
+    from .inference.predict_files import predict_files
+    from .inference.windows import slide_inference, whole_inference
     from .models.segmentor import Segmentor
 
 

@@ -8,18 +8,22 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch.nn as nn
 
 from . import models  # noqa: F401  (importing the families registers the zoo)
 from ._checkpoint import (class_count, load_backbone, load_converted, load_into, read_checkpoint, read_converted,
                           read_state_dict, to_vitseg)
-from ._hub import fetch_file, fetch_hf_folder, fetch_weights
-from ._pretrained import WEIGHTS_NAME, read_config, read_identity
+from ._hub.files import fetch_file, fetch_hf_folder
+from ._hub.zoo import fetch_weights
+from ._folders import WEIGHTS_NAME, read_config, read_identity
 from ._registry import ZooEntry, resolve_name
 from .data import default_palette
 from .models.segmentor import Segmentor
+
+if TYPE_CHECKING:
+    from .convert.formats import CheckpointFormat
 
 __all__ = ["create_model", "load_pretrained_backbone", "build_from_entry", "merge_arch", "check_overrides",
            "set_identity"]
@@ -155,6 +159,16 @@ def _file_classes(entry: ZooEntry, arch: dict[str, Any], sd: dict[str, Any]) -> 
     return {**arch, "num_classes": found} if found is not None and "num_classes" in arch else arch
 
 
+def _with_overrides(name: str, arch: dict[str, Any], overrides: dict[str, Any], num_classes: int | None
+                    ) -> dict[str, Any]:
+    """``arch`` with the user's architecture overrides (checked) and class count."""
+    check_overrides(name, arch, overrides)
+    arch = merge_arch(arch, overrides)
+    if num_classes is not None:
+        arch["num_classes"] = num_classes
+    return arch
+
+
 def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any], identity: dict[str, Any]
                  ) -> Segmentor:
     """Build and load a ``save_pretrained`` folder: ``local-dir:/path`` or ``hf-hub:org/repo[@revision]``."""
@@ -162,10 +176,7 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
     config = read_config(folder, name=name)
     entry, _ = resolve_name(config["model"])
-    check_overrides(name, config["arch"], overrides)
-    arch = merge_arch(config["arch"], overrides)
-    if num_classes is not None:
-        arch["num_classes"] = num_classes
+    arch = _with_overrides(name, config["arch"], overrides, num_classes)
     model = build_from_entry(entry, arch)
     load_into(model, read_state_dict(folder / WEIGHTS_NAME), num_classes=num_classes,
               what=f"weights in {folder}")
@@ -175,6 +186,57 @@ def _from_folder(name: str, *, num_classes: int | None, overrides: dict[str, Any
     model.weights = next((w for w in entry.weights if w.url == saved.get("url")), None)
     set_identity(model, **_folder_identity(model, config, identity))
     return model
+
+
+def _check_weight_arguments(pretrained: bool, checkpoint_path: str | os.PathLike | None, format: str | None,
+                            num_classes: int | None) -> None:
+    """Refuse two sources of weights, a ``format`` without a file, and a class count that is not one."""
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("Pass either pretrained=True or checkpoint_path=…, not both.")
+    if format is not None and checkpoint_path is None:
+        raise ValueError("format= describes checkpoint_path; pass a checkpoint_path too.")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+class _Checkpoint(NamedTuple):
+    """What ``checkpoint_path`` held: a ``save_pretrained`` folder (its ``config``) or a file (its format and
+    the class names it records)."""
+
+    path: str | os.PathLike
+    sd: dict[str, Any]
+    config: dict[str, Any] | None = None
+    fmt: CheckpointFormat | None = None
+    names: list[str] | None = None
+
+    @property
+    def whole_model(self) -> bool:
+        """Whether it holds a whole model (whose class-sized tensors tell its class count), not a backbone."""
+        return self.fmt is None or self.fmt.scope == "model"
+
+
+def _read_checkpoint_path(path: str | os.PathLike, entry: ZooEntry, format: str | None) -> _Checkpoint:
+    """A ``save_pretrained`` folder's config and weights (the model is the one named here), or a file, converted."""
+    if os.path.isdir(path):
+        config = read_config(path)
+        return _Checkpoint(path, read_state_dict(Path(path) / WEIGHTS_NAME), config=config)
+    sd, fmt, names = read_converted(path, format=format, family=entry.family)
+    return _Checkpoint(path, sd, fmt=fmt, names=names)
+
+
+def _load_checkpoint(model: Segmentor, checkpoint: _Checkpoint, *, num_classes: int | None,
+                     identity: dict[str, Any]) -> dict[str, Any]:
+    """Load ``checkpoint`` into ``model``; return ``identity`` completed with the classes the checkpoint records."""
+    what = f"checkpoint {os.fspath(checkpoint.path)}"
+    if checkpoint.config is not None:
+        load_into(model, checkpoint.sd, num_classes=num_classes, what=what)
+        return _folder_identity(model, checkpoint.config, identity)
+    load_converted(model, checkpoint.sd, checkpoint.fmt, num_classes=num_classes, what=what)
+    names = checkpoint.names
+    if identity["class_names"] is None and names is not None and len(names) == model.num_classes:
+        return {**identity, "class_names": names}  # what the file says its classes are
+    return identity
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
@@ -214,37 +276,15 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
             load_pretrained_backbone(model, pretrained_backbone)
         return model.eval()
     entry, tag = resolve_name(name)
-    if pretrained and checkpoint_path is not None:
-        raise ValueError("Pass either pretrained=True or checkpoint_path=…, not both.")
-    if format is not None and checkpoint_path is None:
-        raise ValueError("format= describes checkpoint_path; pass a checkpoint_path too.")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    _check_weight_arguments(pretrained, checkpoint_path, format, num_classes)
     weights = entry.get_weights(tag) if pretrained else None  # raises for architecture-only entries
-    check_overrides(name, entry.arch, overrides)
-    arch = merge_arch(entry.arch, overrides)
-    if num_classes is not None:
-        arch["num_classes"] = num_classes
-
-    sd, fmt, names, config = None, None, None, None
-    if checkpoint_path is not None and os.path.isdir(checkpoint_path):
-        # a save_pretrained folder: its weights (the model is the one named here)
-        config = read_config(checkpoint_path)
-        sd = read_state_dict(Path(checkpoint_path) / WEIGHTS_NAME)
-    elif checkpoint_path is not None:
-        sd, fmt, names = read_converted(checkpoint_path, format=format, family=entry.family)
-    if sd is not None and num_classes is None and (fmt is None or fmt.scope == "model"):
-        arch = _file_classes(entry, arch, sd)  # a fine-tuned file: the classifier it has
+    arch = _with_overrides(name, entry.arch, overrides, num_classes)
+    checkpoint = None if checkpoint_path is None else _read_checkpoint_path(checkpoint_path, entry, format)
+    if checkpoint is not None and num_classes is None and checkpoint.whole_model:
+        arch = _file_classes(entry, arch, checkpoint.sd)  # a fine-tuned file: the classifier it has
     model = build_from_entry(entry, arch)
-
-    if config is not None:
-        load_into(model, sd, num_classes=num_classes, what=f"checkpoint {os.fspath(checkpoint_path)}")
-        identity = _folder_identity(model, config, identity)
-    elif fmt is not None:
-        load_converted(model, sd, fmt, num_classes=num_classes, what=f"checkpoint {os.fspath(checkpoint_path)}")
-        if class_names is None and names is not None and len(names) == model.num_classes:
-            identity["class_names"] = names  # what the file says its classes are
+    if checkpoint is not None:
+        identity = _load_checkpoint(model, checkpoint, num_classes=num_classes, identity=identity)
     elif weights is not None:
         load_into(model, fetch_weights(entry, weights), num_classes=num_classes, what=f"weights of '{name}'")
         model.weights = weights

@@ -187,8 +187,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
     if args.name.startswith(("local-dir:", "hf-hub:")):
         from pathlib import Path
 
-        from ._hub import fetch_hf_folder
-        from ._pretrained import read_config
+        from ._hub.files import fetch_hf_folder
+        from ._folders import read_config
         scheme, _, rest = args.name.partition(":")
         folder = Path(rest).expanduser() if scheme == "local-dir" else fetch_hf_folder(rest)
         config = read_config(folder, name=args.name)
@@ -246,7 +246,7 @@ def _summary(labels_png: str, class_names: tuple[str, ...]) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .eval.bulk import find_images, no_images_message, predict_files
+    from .inference.predict_files import find_images, no_images_message, predict_files
     if not find_images(args.images):  # a missing input, or none with an image, fails before the model is loaded
         raise FileNotFoundError(no_images_message(args.images))
     device = None if args.device is None and "LOCAL_RANK" in os.environ else _device(args.device)
@@ -283,7 +283,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _open_dataset(args: argparse.Namespace, num_classes: int):
     from .data import dataset_info
-    from .eval.datasets import open_dataset
+    from .readers import open_dataset
     classes = read_class_names(args.class_names) if args.class_names else None
     if dataset_info(args.dataset).classes:
         if classes is not None or args.reduce_zero_label:
@@ -335,7 +335,7 @@ def _cmd_export_zoo(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ._factory import create_model
-    from ._pretrained import save_pretrained
+    from ._folders import save_pretrained
     from ._registry import list_models
     names = list_models(args.pattern, pretrained=True)
     if not names:

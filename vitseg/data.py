@@ -1,7 +1,7 @@
 """Datasets, declared once each: class names, palette, labels, on-disk layout and test presets.
 
 A :class:`DatasetInfo` holds everything vitseg knows about a dataset; :func:`register_dataset` adds one,
-:func:`dataset_info` looks one up. The readers in :mod:`vitseg.eval.datasets` open a copy on disk from its
+:func:`dataset_info` looks one up. The readers in :mod:`vitseg.readers` open a copy on disk from its
 ``layout``; zoo entries name their dataset and take their test pipeline from its ``presets``.
 
 ADE20K-150 is declared as mmsegmentation v1.2.2 ``mmseg/datasets/ade.py`` and
@@ -43,7 +43,7 @@ class Preprocess:
         crop_size: ``(h, w)`` of a sliding window (slide mode only).
         stride: ``(h, w)`` step between windows (slide mode only).
         tta_min_size: mmseg 0.x ``Resize(min_size=...)`` in the ms+flip pipeline: no multi-scale pass gets
-            a short side below it (fixed-grid models such as BEiT; see ``vitseg.eval.pipeline``).
+            a short side below it (fixed-grid models such as BEiT; see ``vitseg.inference.pipeline``).
         resize_mode: ``"mmcv"`` (``resize`` is mmcv's keep-ratio ``(long, short)``, the uint8 image is resized
             bilinearly) or ``"dpt"`` (``resize`` is the ``(width, height)`` of isl-org/DPT's ``Resize``, keep
             aspect ratio, "minimal" policy, sides rounded to ``multiple_of``; the image is resized as float64).
@@ -140,7 +140,7 @@ class DatasetInfo:
         palette: RGB colour per class.
         ignore_index: label value that is not evaluated.
         reduce_zero_label: label 0 means "unlabelled" and classes start at 1 in the files (ADE20K).
-        layout: how a copy on disk is organised (read by :func:`vitseg.eval.datasets.open_dataset`).
+        layout: how a copy on disk is organised (read by :func:`vitseg.readers.open_dataset`).
         presets: named test pipelines of the models trained on it.
         description: one line for listings and model cards.
     """

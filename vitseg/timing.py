@@ -98,7 +98,7 @@ def _entry_preprocess(model: nn.Module) -> Preprocess | None:
 def _protocol(model: nn.Module, protocol: str) -> Callable[[torch.Tensor], torch.Tensor]:
     pre = _entry_preprocess(model)
     if protocol == "entry" and pre is not None and pre.mode == "slide":
-        from .eval.inference import slide_inference
+        from .inference.windows import slide_inference
         return lambda x: slide_inference(model, x, pre.crop_size, pre.stride)
     return model
 

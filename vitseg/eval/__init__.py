@@ -1,10 +1,11 @@
-"""Inference helpers, datasets, the test pipeline, ``predict`` and ``evaluate``."""
+"""``evaluate``: mmseg's test loop and IoU metric over a dataset.
+
+The dataset readers it takes live in :mod:`vitseg.readers` (training reads through them too); they are
+importable from here as well, as ``vitseg.eval.ADE20K`` and the others.
+"""
 from __future__ import annotations
 
-from .datasets import ADE20K, FolderDataset, open_dataset
+from ..readers import ADE20K, FolderDataset, open_dataset
 from .evaluate import evaluate
-from .inference import slide_inference, slide_windows, whole_inference
-from .predict import predict
 
-__all__ = ["slide_inference", "slide_windows", "whole_inference", "ADE20K", "FolderDataset", "open_dataset",
-           "evaluate", "predict"]
+__all__ = ["ADE20K", "FolderDataset", "open_dataset", "evaluate"]

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._distributed import dist_context, pick_device
 from .._io import check_writable
+from ..inference.pipeline import Backend, rescale_uint8
+from ..inference.postprocess import DEFAULT_MAX_BYTES
+from ..inference.predict import check_batch_size, label_map, resolve_preprocess
 from ..metrics import IoUMetric, format_table
 from ..models.segmentor import Segmentor
-from .pipeline import Backend, rescale_uint8
-from .postprocess import DEFAULT_MAX_BYTES
-from .predict import check_batch_size, label_map, resolve_preprocess
 
 __all__ = ["evaluate"]
 
@@ -80,22 +81,6 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _dist_context(device: torch.device | None) -> tuple[int, int, bool]:
-    """(rank, world_size, we_initialized) — initializes the process group from torchrun's env vars."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    env = os.environ
-    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env and "MASTER_ADDR" in env:
-        use_cuda = (device.type == "cuda") if device is not None else torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
 def _json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -117,7 +102,7 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         model: a vitseg model (its ``entry.preprocess`` gives the pipeline) or any logits model with
             ``preprocess`` given. It is put in eval mode (and moved to ``device`` if one is given).
         dataset: items ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) ints}`` with ``num_classes``
-            (and optionally ``classes``, ``ignore_index``), e.g. :class:`vitseg.eval.ADE20K`. A label value
+            (and optionally ``classes``, ``ignore_index``), e.g. :class:`vitseg.readers.ADE20K`. A label value
             outside ``[0, num_classes)`` other than the ignore index stops the run with the file and value.
         device: where to run; default the model's device (``cuda:LOCAL_RANK`` under torchrun with CUDA).
         dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast (mmseg's numbers are fp32).
@@ -147,8 +132,8 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     if out_file is not None:
         check_writable(out_file, "out_file")  # before the run, not after it
     device = torch.device(device) if device is not None else None
-    rank, world, owns_group = _dist_context(device)
-    device = _pick_device(model, device, owns_group)
+    rank, world, owns_group = dist_context(device)
+    device = pick_device(model, device, owns_group)
     model.to(device).eval()
     num_classes, classes, ignore_index = _dataset_classes(dataset, model)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
@@ -183,14 +168,6 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
     if rank == 0:
         _report(results, classes, world, verbose=verbose, out_file=out_file)
     return results
-
-
-def _pick_device(model: nn.Module, device: torch.device | None, owns_group: bool) -> torch.device:
-    if device is not None:
-        return device
-    if owns_group and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return next(model.parameters()).device
 
 
 def _dataset_classes(dataset: Any, model: nn.Module) -> tuple[int, list[str], int]:

@@ -110,7 +110,7 @@ class Segmentor(nn.Module):
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """Write ``config.json``, ``model.safetensors`` and a model card (see :func:`vitseg.save_pretrained`)."""
-        from .._pretrained import save_pretrained
+        from .._folders import save_pretrained
         save_pretrained(self, save_directory, **kwargs)
 
 

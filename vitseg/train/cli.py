@@ -132,7 +132,7 @@ def recipe_with_overrides(recipe: Recipe, *, iters: int | None = None, batch_siz
 def _open_data(args: argparse.Namespace) -> tuple[Any, Any]:
     """(train set, val set or None) of ``--data``; checks the layout and that every image has its label."""
     from ..data import dataset_info
-    from ..eval.datasets import open_dataset
+    from ..readers import open_dataset
     if args.dataset == "ade20k":
         if args.class_names or args.num_classes or args.reduce_zero_label:
             raise ValueError("--class-names, --num-classes and --reduce-zero-label are for folder datasets; ade20k "

@@ -53,10 +53,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .._distributed import dist_context
 from .._io import atomic_write, unlink_quietly, write_json
-from .._pretrained import save_pretrained
+from .._folders import save_pretrained
 from ..data import Preprocess
-from ..eval.evaluate import _dist_context, evaluate
+from ..eval.evaluate import evaluate
 from ..models.segmentor import Segmentor
 from ..recipe import Recipe
 from .loss import compute_loss
@@ -115,7 +116,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
 def _train_dataset(data: Any, recipe: Recipe, mean: tuple[float, ...], std: tuple[float, ...],
                    num_classes: int) -> Any:
     """``data`` (items with ``img`` / ``label``) behind the recipe's augmentation, indexed by sampler keys."""
-    from .data import TrainDataset
+    from .dataset import TrainDataset
     from .transforms import TrainPipeline
     return TrainDataset(data, TrainPipeline.from_recipe(recipe, mean=mean, std=std), num_classes=num_classes)
 
@@ -341,7 +342,7 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
         model: a vitseg model from :func:`vitseg.create_model` (with ``auxiliary_head=True`` to train the
             recipe's auxiliary heads); trained in place.
         data: the training set, items ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) ints}`` with
-            ``num_classes`` (e.g. :func:`vitseg.eval.datasets.open_dataset`); augmented by the recipe's pipeline.
+            ``num_classes`` (e.g. :func:`vitseg.readers.open_dataset`); augmented by the recipe's pipeline.
         recipe: how to train (:func:`vitseg.train.get_recipe`, changed with ``dataclasses.replace``);
             ``recipe.batch_size`` is per process.
         out: the run folder; must be empty or missing unless ``resume``.
@@ -376,7 +377,7 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
     _check_data(model, recipe, data, val_data)
     state = _resume_state(out, model, recipe) if resume else None
 
-    rank, world, owns_group = _dist_context(torch.device(device) if device is not None else None)
+    rank, world, owns_group = dist_context(torch.device(device) if device is not None else None)
     try:
         run = _Run(model, recipe, out=out, device=_resolve_device(device, owns_group), rank=rank, world=world,
                    seed=seed, checkpoint_interval=checkpoint_interval or max(1, recipe.iters // 10),
@@ -403,7 +404,7 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
 
 def _check_data(model: nn.Module, recipe: Recipe, data: Any, val_data: Any) -> None:
     """The sets' class counts are the model's, and every label value is a class or the ignore index."""
-    from .data import check_labels
+    from .dataset import check_labels
     for what, dataset in (("training", data), ("validation", val_data)):
         if dataset is None:
             continue

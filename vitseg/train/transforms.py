@@ -19,7 +19,7 @@ and :class:`TrainPipeline` chains them, so one seed reproduces a sample's augmen
 
 Pixel arithmetic equals mmseg's (which decodes BGR; we work in RGB, which changes no value):
 
-* the image resize is :func:`vitseg.eval.pipeline.resize_uint8` (OpenCV's uint8 ``INTER_LINEAR``, bit-exact
+* the image resize is :func:`vitseg.inference.pipeline.resize_uint8` (OpenCV's uint8 ``INTER_LINEAR``, bit-exact
   without OpenCV); the label resize is OpenCV's ``INTER_NEAREST`` (:func:`resize_label`, index arithmetic
   in double precision: exact on every size pair we tried, where torch's ``nearest`` differs on some);
 * the HSV round trip of the saturation and hue steps is OpenCV's uint8 ``cvtColor`` (:func:`rgb_to_hsv`
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..eval.pipeline import Backend, normalize, rescale_size, resize_uint8
+from ..inference.pipeline import Backend, normalize, rescale_size, resize_uint8
 from ..recipe import Recipe
 
 __all__ = [

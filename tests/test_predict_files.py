@@ -14,7 +14,7 @@ from PIL import Image
 
 import vitseg
 from vitseg.cli import main
-from vitseg.eval.bulk import find_images
+from vitseg.inference.predict_files import find_images
 
 NAME = "segmenter_mask_vit_t16_ade20k"
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_cli_writes_exactly_what_predict_returns(saved, tmp_path, capsys) -> Non
     # displayed size: the EXIF-6 photo is 100 high and 60 wide on screen
     assert np.asarray(Image.open(tmp_path / "out" / "portrait_labels.png")).shape == (100, 60)
     # the decoded pixels are those of one decode path (16-bit reduced to 8 bits, not saturated)
-    deep = vitseg.eval.pipeline.load_image(images["png16"], backend="pillow")
+    deep = vitseg.inference.pipeline.load_image(images["png16"], backend="pillow")
     assert (deep == 255).mean() < 0.05 and deep.std() > 20
 
 
@@ -170,9 +170,9 @@ def test_huge_images_get_a_clear_error(tmp_path, monkeypatch) -> None:
     Image.fromarray(_photo(0, 80, 100)).save(path)
     monkeypatch.setenv("VITSEG_MAX_IMAGE_PIXELS", "1000")
     with pytest.raises(ValueError, match="VITSEG_MAX_IMAGE_PIXELS"):
-        vitseg.eval.pipeline.load_image(path, backend="pillow")
+        vitseg.inference.pipeline.load_image(path, backend="pillow")
     monkeypatch.setenv("VITSEG_MAX_IMAGE_PIXELS", "none")
-    assert vitseg.eval.pipeline.load_image(path, backend="pillow").shape == (80, 100, 3)
+    assert vitseg.inference.pipeline.load_image(path, backend="pillow").shape == (80, 100, 3)
 
 
 def test_cli_weights_policy(tmp_path, capsys) -> None:

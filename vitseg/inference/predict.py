@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.segmentor import Segmentor
-from .inference import slide_inference, whole_inference
 from .pipeline import (Backend, TTA_RATIOS, load_image, min_size_scale, normalize, prepare_image, prepare_input,
                        rescale_uint8, tta_scales)
 from .postprocess import DEFAULT_MAX_BYTES, resize_rows, resized_argmax, row_bands
+from .windows import slide_inference, whole_inference
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,6 +96,84 @@ def _add_probs(acc: torch.Tensor, logits: torch.Tensor, flip: bool, size: tuple[
     acc += band.flip(-1) if flip else band  # the flip is undone on the original-size map, as mmseg
 
 
+def _check_tta(tta: bool, preprocess: Preprocess) -> None:
+    if tta and preprocess.resize_mode != "mmcv":
+        raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
+                         f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
+
+
+def _single_scale_labels(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *,
+                         resized: np.ndarray | torch.Tensor | None, size: tuple[int, int] | None, backend: Backend,
+                         device: torch.device, batch_size: int, dtype: torch.dtype | None,
+                         max_bytes: int) -> torch.Tensor:
+    """Labels of one pass at the test scale, of ``img`` or of the image already ``resized`` (mmcv's resize)."""
+    if resized is not None and preprocess.resize_mode == "mmcv":  # resized by evaluate's workers
+        if size is None:
+            raise ValueError("label_map(resized=...) needs the original size=(H, W)")
+        x = normalize(resized, preprocess.mean, preprocess.std, device)
+    else:
+        if img is None:
+            raise ValueError("label_map needs the decoded image (img), or resized + size for "
+                             "resize_mode='mmcv' without tta")
+        size = img.shape[:2]
+        x = prepare_input(img, preprocess, backend=backend, device=device)
+    logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
+    del x
+    return resized_argmax(logits, tuple(size), max_bytes=max_bytes, mode=preprocess.logits_interpolation)
+
+
+def _tta_labels(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, backend: Backend,
+                device: torch.device, batch_size: int, dtype: torch.dtype | None, max_bytes: int,
+                tta_ratios: tuple[float, ...]) -> torch.Tensor:
+    """ms+flip labels, pass-major or band-major, whichever keeps less at the original size."""
+    if img is None:
+        raise ValueError("label_map(tta=True) needs the decoded image (img)")
+    h, w = img.shape[:2]
+    passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
+                         dtype=dtype, ratios=tuple(tta_ratios))
+    first, flip = next(passes)
+    k = first.shape[1]
+    acc_bytes = k * h * w * 4
+    full = acc_bytes <= max_bytes  # one pass resized at full size fits: exactly mmseg's arithmetic
+    scale_px = sum((int(preprocess.resize[1] * r) / min(h, w)) ** 2 for r in tta_ratios) * h * w
+    if acc_bytes <= max(max_bytes, 2 * k * 4 * scale_px):
+        return _pass_major(_chain(first, flip, passes), k, (h, w), max_bytes, full=full, device=first.device)
+    # the original-size sum would be larger than all passes' logits together
+    return _band_major(list(_chain(first, flip, passes)), k, (h, w), max_bytes, device=first.device)
+
+
+def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, bool]]
+           ) -> Iterator[tuple[torch.Tensor, bool]]:
+    yield first, flip
+    yield from rest
+
+
+def _pass_major(passes: Iterator[tuple[torch.Tensor, bool]], k: int, size: tuple[int, int], max_bytes: int, *,
+                full: bool, device: torch.device) -> torch.Tensor:
+    """Keep the (K, H, W) probability sum and add each pass to it (in bands of rows unless ``full``)."""
+    h, w = size
+    acc = torch.zeros(1, k, h, w, device=device)
+    bands = [(0, h)] if full else row_bands(h, w, k, max_bytes)
+    for logits, flip in passes:
+        for r0, r1 in bands:
+            _add_probs(acc[:, :, r0:r1], logits, flip, (h, w), r0, r1, full)
+        del logits
+    return acc[0].argmax(0)
+
+
+def _band_major(stored: list[tuple[torch.Tensor, bool]], k: int, size: tuple[int, int], max_bytes: int, *,
+                device: torch.device) -> torch.Tensor:
+    """Keep every pass's logits and build the labels band of rows by band of rows."""
+    h, w = size
+    labels = torch.empty(h, w, dtype=torch.int64, device=device)
+    for r0, r1 in row_bands(h, w, k, max_bytes):
+        acc = torch.zeros(1, k, r1 - r0, w, device=device)
+        for logits, flip in stored:
+            _add_probs(acc, logits, flip, (h, w), r0, r1, False)
+        labels[r0:r1] = acc[0].argmax(0)
+    return labels
+
+
 @torch.no_grad()
 def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, tta: bool = False,
               backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
@@ -117,57 +195,12 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if tta and preprocess.resize_mode != "mmcv":
-        raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
-                         f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
+    _check_tta(tta, preprocess)
     if not tta:
-        if resized is not None and preprocess.resize_mode == "mmcv":  # resized by evaluate's workers
-            if size is None:
-                raise ValueError("label_map(resized=...) needs the original size=(H, W)")
-            x = normalize(resized, preprocess.mean, preprocess.std, device)
-        else:
-            if img is None:
-                raise ValueError("label_map needs the decoded image (img), or resized + size for "
-                                 "resize_mode='mmcv' without tta")
-            size = img.shape[:2]
-            x = prepare_input(img, preprocess, backend=backend, device=device)
-        logits = model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype)
-        del x
-        return resized_argmax(logits, tuple(size), max_bytes=max_bytes, mode=preprocess.logits_interpolation)
-    if img is None:
-        raise ValueError("label_map(tta=True) needs the decoded image (img)")
-    h, w = img.shape[:2]
-    passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
-                         dtype=dtype, ratios=tuple(tta_ratios))
-    first, flip = next(passes)
-    k = first.shape[1]
-    acc_bytes = k * h * w * 4
-    full = acc_bytes <= max_bytes  # one pass resized at full size fits: exactly mmseg's arithmetic
-    scale_px = sum((int(preprocess.resize[1] * r) / min(h, w)) ** 2 for r in tta_ratios) * h * w
-    if acc_bytes <= max(max_bytes, 2 * k * 4 * scale_px):
-        # pass-major: keep the (K, H, W) probability sum
-        acc = torch.zeros(1, k, h, w, device=first.device)
-        bands = [(0, h)] if full else row_bands(h, w, k, max_bytes)
-        for logits, flip in _chain(first, flip, passes):
-            for r0, r1 in bands:
-                _add_probs(acc[:, :, r0:r1], logits, flip, (h, w), r0, r1, full)
-            del logits
-        return acc[0].argmax(0)
-    # band-major: the original-size sum would be larger than all passes' logits together
-    stored = list(_chain(first, flip, passes))
-    labels = torch.empty(h, w, dtype=torch.int64, device=first.device)
-    for r0, r1 in row_bands(h, w, k, max_bytes):
-        acc = torch.zeros(1, k, r1 - r0, w, device=first.device)
-        for logits, flip in stored:
-            _add_probs(acc, logits, flip, (h, w), r0, r1, False)
-        labels[r0:r1] = acc[0].argmax(0)
-    return labels
-
-
-def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, bool]]
-           ) -> Iterator[tuple[torch.Tensor, bool]]:
-    yield first, flip
-    yield from rest
+        return _single_scale_labels(model, img, preprocess, resized=resized, size=size, backend=backend,
+                                    device=device, batch_size=batch_size, dtype=dtype, max_bytes=max_bytes)
+    return _tta_labels(model, img, preprocess, backend=backend, device=device, batch_size=batch_size, dtype=dtype,
+                       max_bytes=max_bytes, tta_ratios=tuple(tta_ratios))
 
 
 @torch.no_grad()
@@ -183,9 +216,7 @@ def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: 
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = img.shape[:2]
-    if tta and preprocess.resize_mode != "mmcv":
-        raise ValueError(f"tta=True is mmseg's ms+flip protocol (resize_mode='mmcv'); this model's test transform "
-                         f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
+    _check_tta(tta, preprocess)
     if tta:
         passes = list(_tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
                                   dtype=dtype, ratios=tuple(tta_ratios)))

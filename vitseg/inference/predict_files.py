@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .evaluate import _dist_context, _pick_device
+from .._distributed import dist_context, pick_device
 from .pipeline import Backend, load_image, rescale_uint8
 from .predict import check_batch_size, label_map, resolve_preprocess
 
@@ -168,8 +168,8 @@ def predict_files(model: nn.Module, inputs: Sequence[str | os.PathLike], out_dir
     if not items:
         raise FileNotFoundError(no_images_message(inputs))
     device = torch.device(device) if device is not None else None
-    rank, world, owns_group = _dist_context(device)
-    device = _pick_device(model, device, owns_group)
+    rank, world, owns_group = dist_context(device)
+    device = pick_device(model, device, owns_group)
     model.to(device).eval()
     mine = items[rank::world]
     todo = [it for it in mine if overwrite or not all(os.path.isfile(p) for p in _outputs(out_dir, it[1], overlay))]

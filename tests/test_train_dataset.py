@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitseg.eval.datasets import open_dataset
-from vitseg.train.data import TrainDataset, check_labels
+from vitseg.readers import open_dataset
+from vitseg.train.dataset import TrainDataset, check_labels
 from vitseg.train.transforms import TrainPipeline
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]

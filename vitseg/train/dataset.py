@@ -1,4 +1,4 @@
-"""Training data: a dataset reader (:mod:`vitseg.eval.datasets`) behind the train pipeline, indexed by
+"""Training data: a dataset reader (:mod:`vitseg.readers`) behind the train pipeline, indexed by
 ``(index, seed)`` so that the sampler decides the order and each sample's augmentation.
 
 Label values are checked: a value that is neither a class index nor the ignore index would otherwise reach
@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..eval.datasets import FolderDataset, load_label
+from ..readers import FolderDataset, load_label
 from .transforms import TrainPipeline
 
 __all__ = ["TrainDataset", "check_labels", "check_label_values"]
@@ -66,7 +66,7 @@ def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_
 def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, workers: int = 8) -> None:
     """Scan every label of ``dataset`` once and raise the :func:`check_label_values` error on a bad value.
 
-    A :class:`~vitseg.eval.datasets.FolderDataset` is scanned from its label files alone (read as its items
+    A :class:`~vitseg.readers.FolderDataset` is scanned from its label files alone (read as its items
     read them, in ``workers`` threads); any other dataset item by item (``item["label"]``).
     """
     if isinstance(dataset, FolderDataset):
@@ -106,7 +106,7 @@ class TrainDataset(torch.utils.data.Dataset):
     same sample in any worker, process or resumed run.
 
     Args:
-        dataset: a reader such as ``vitseg.eval.datasets.open_dataset("ade20k", root, "training")``.
+        dataset: a reader such as ``vitseg.readers.open_dataset("ade20k", root, "training")``.
         pipeline: the train pipeline.
         num_classes: the class count labels are checked against (default: ``dataset.num_classes``; ``None``
             there too: not checked).
