@@ -208,6 +208,59 @@ def test_entries_follow_the_authors_configs() -> None:
     assert vitseg.get_entry("upernet_beitv2_unilm_l16_ade20k").get_weights("in21k").metrics == {"mIoU": 57.54}
 
 
+def test_recipes_follow_the_authors_schedules() -> None:
+    b, l = (vitseg.get_entry(f"upernet_beit_unilm_{s}_ade20k").recipe for s in ("b16", "l16"))
+    # schedule_160k / schedule_320k, samples_per_gpu 2 / 1, update_interval 1 / 2, warm-up 1500 / 3000
+    assert (b.iters, b.batch_size, b.grad_accum, b.warmup_iters, b.poly_end) == (160_000, 2, 1, 1500, None)
+    assert (l.iters, l.batch_size, l.grad_accum, l.warmup_iters, l.poly_end) == (320_000, 1, 2, 3000, None)
+    for r in (b, l):
+        assert (r.optimizer, r.weight_decay, r.warmup_start_factor, r.poly_power, r.poly_eta_min) == (
+            "adamw", 0.05, 1e-6, 1.0, 0.0)
+        assert r.scale == (2560, 640) and r.aux_loss_weight == 0.4 and r.source.startswith("microsoft/unilm beit/")
+    v2 = vitseg.get_entry("upernet_beitv2_unilm_l16_ade20k").get_weights("in21k").recipe
+    assert (v2.iters, v2.batch_size, v2.scale, v2.crop_size) == (160_000, 2, (2048, 512), (512, 512))
+    assert "21ktoade20k" in v2.source and v2.source.startswith("microsoft/unilm beit2/")
+
+
+def test_layer_decay_reads_the_authors_layer_ids() -> None:
+    """The authors' LayerDecayOptimizerConstructor: id 0 for the cls token and patch embedding, k + 1 for block k,
+    num_layers + 1 for the rest (the fpn layers inside their backbone, the heads); scale rate ** (num_layers + 1 -
+    id); no weight decay for 1-D tensors and biases (the 3-D cls token decays: their name test never matches)."""
+    from vitseg.train.optim import param_settings
+
+    name = "upernet_beit_unilm_b16_ade20k"
+    model = vitseg.create_model(name, **vitseg.tiny_overrides(name, depth=4, img_size=32))
+    recipe = dataclasses.replace(vitseg.get_entry(name).recipe, layer_decay_num_layers=4)
+    lr, rate, wd = recipe.lr, recipe.layer_decay_rate, recipe.weight_decay
+    got = param_settings(model, recipe)
+    expect = {"backbone.cls_token": (lr * rate ** 5, wd), "backbone.patch_embed.proj.weight": (lr * rate ** 5, wd),
+              "backbone.blocks.0.attn.qkv.weight": (lr * rate ** 4, wd),
+              "backbone.blocks.3.attn.relative_position_bias_table": (lr * rate ** 1, wd),
+              "backbone.blocks.3.gamma_1": (lr * rate, 0.0), "backbone.blocks.2.attn.q_bias": (lr * rate ** 2, 0.0),
+              "neck.upsample_4x.0.weight": (lr, wd), "neck.upsample_4x.1.weight": (lr, 0.0),
+              "decode_head.conv_seg.weight": (lr, wd), "decode_head.conv_seg.bias": (lr, 0.0)}
+    assert {k: got[k][0] for k in expect} == pytest.approx({k: v[0] for k, v in expect.items()}, rel=1e-12)
+    assert {k: got[k][1] for k in expect} == {k: v[1] for k, v in expect.items()}
+
+
+FULL = os.environ.get("VITSEG_UNILM_FULL_FIXTURES")
+
+
+@pytest.mark.skipif(not FULL, reason="set VITSEG_UNILM_FULL_FIXTURES to a make_unilm_beit_fixtures.py --full folder")
+def test_full_size_logits_match_the_authors() -> None:
+    """Full widths and real test sizes (BEiT-B at 640, whole and slide 640/426; BEiT v2-L at 512), random weights."""
+    with open(os.path.join(FULL, "manifest.json")) as f:
+        manifest = json.load(f)
+    for name, fx in sorted(manifest.items()):
+        model = vitseg.create_model(fx["model"], checkpoint_path=os.path.join(FULL, fx["checkpoint"])).eval()
+        io = torch.load(os.path.join(FULL, fx["io"]), weights_only=True)
+        for case in fx["cases"]:
+            err = _rel(_run(model, io[f"{case['name']}.input"], case), io[f"{case['name']}.output"])
+            print(f"{name}/{case['name']}: {err:.2e} of max|logit|")
+            assert err <= TOL
+        del model
+
+
 def test_pretrained_download_of_a_file_without_a_hash(tmp_path, monkeypatch) -> None:
     """``pretrained=True`` for a ``beit_unilm`` file whose name carries no hash: a loopback server stands in for
     GitHub; the SHA-256 of the first download is recorded and the cache is used from then on."""

@@ -37,6 +37,9 @@ Run it in the mmseg 1.2.2 reference venv (``tools/setup_mmseg_reference.sh``), o
         transformers==4.46.3 "tokenizers>=0.20,<0.21" huggingface_hub==0.26.5 safetensors regex
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_unilm_beit_fixtures.py --unilm /tmp/unilm \\
         --transformers /tmp/hf4
+    # full size (BEiT-B at 640, BEiT v2-L at 512; random weights, about 2.5 GB, not committed):
+    ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_unilm_beit_fixtures.py --unilm /tmp/unilm --full /tmp/unilm-full
+    VITSEG_UNILM_FULL_FIXTURES=/tmp/unilm-full python -m pytest tests/test_beit_unilm.py -k full
 
 Weights are seeded, non-trivial (``tools/random_weights.py``); the patch embedding and the cls token are
 scaled by 0.01 so that the LayerNorm eps (1e-6, not 1e-5) shows in the logits, and a quarter of every
@@ -142,7 +145,8 @@ def import_authors_backbone(path: str, module_name: str) -> types.ModuleType:
 
 
 def build(beit_cls: type, img: tuple[int, int], channels: int = CHANNELS, depth: int = DEPTH,
-          out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> torch.nn.Module:
+          out_indices: tuple[int, ...] = (0, 1, 2, 3), embed: int = EMBED, heads: int = HEADS,
+          init_values: float = 0.1, aux_channels: int = CHANNELS) -> torch.nn.Module:
     """A tiny EncoderDecoder: the authors' BEiT (as their UPerNet configs set it) + mmseg's heads."""
     name = f"UnilmBEiT_{beit_cls.__module__}"
     if name not in MODELS.module_dict:
@@ -150,13 +154,13 @@ def build(beit_cls: type, img: tuple[int, int], channels: int = CHANNELS, depth:
     norm_cfg = dict(type="BN", requires_grad=True)
     cfg = dict(
         type="EncoderDecoder",
-        backbone=dict(type=name, img_size=tuple(img), patch_size=16, embed_dim=EMBED, depth=depth, num_heads=HEADS,
-                      mlp_ratio=4, qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1,
+        backbone=dict(type=name, img_size=tuple(img), patch_size=16, embed_dim=embed, depth=depth, num_heads=heads,
+                      mlp_ratio=4, qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=init_values,
                       drop_path_rate=0.1, out_indices=list(out_indices)),
-        decode_head=dict(type="UPerHead", in_channels=[EMBED] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2, 3, 6),
+        decode_head=dict(type="UPerHead", in_channels=[embed] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2, 3, 6),
                          channels=channels, dropout_ratio=0.1, num_classes=NUM_CLASSES, norm_cfg=norm_cfg,
                          align_corners=False),
-        auxiliary_head=dict(type="FCNHead", in_channels=EMBED, in_index=2, channels=CHANNELS, num_convs=1,
+        auxiliary_head=dict(type="FCNHead", in_channels=embed, in_index=2, channels=aux_channels, num_convs=1,
                             concat_input=False, dropout_ratio=0.1, num_classes=NUM_CLASSES, norm_cfg=norm_cfg,
                             align_corners=False),
         test_cfg=dict(mode="whole"))
@@ -278,13 +282,55 @@ def make_hf_fixture(module: types.ModuleType, spec: dict, transformers_dir: str,
                 transformers=transformers.__version__, seed=seed)
 
 
+# Full size (random weights, not committed): the authors' configs as written, 150 classes, real test sizes.
+FULL = {
+    "beit_b16_640": dict(file=SPECS["beit"]["file"], model="upernet_beit_unilm_b16_ade20k", img=(640, 640),
+                         size=dict(embed=768, depth=12, heads=12, out_indices=(3, 5, 7, 11), init_values=0.1,
+                                   channels=768),
+                         cases=[dict(name="whole", shape=(1, 640, 640), mode="whole"),
+                                dict(name="slide", shape=(1, 640, 853), mode="slide", crop=(640, 640),
+                                     stride=(426, 426))]),
+    "beitv2_l16_512": dict(file=SPECS["beitv2"]["file"], model="upernet_beitv2_unilm_l16_ade20k", img=(512, 512),
+                           size=dict(embed=1024, depth=24, heads=16, out_indices=(7, 11, 15, 23), init_values=1e-6,
+                                     channels=1024),
+                           cases=[dict(name="whole", shape=(1, 512, 512), mode="whole")]),
+}
+
+
+def make_full(out_dir: str, unilm: str) -> None:
+    """Full-size checkpoints and logits for ``tests/test_beit_unilm.py``'s ``VITSEG_UNILM_FULL_FIXTURES`` check."""
+    manifest = {}
+    for name, spec in FULL.items():
+        seed = zlib.crc32(name.encode()) % 100_000
+        module = import_authors_backbone(os.path.join(unilm, spec["file"]), f"unilm_{name}_backbone")
+        torch.manual_seed(seed)
+        model = build(module.BEiT, spec["img"], aux_channels=256, **spec["size"])
+        randomize(model, seed)
+        torch.save(dict(state_dict=model.state_dict()), os.path.join(out_dir, f"{name}.pth"))
+        g = torch.Generator().manual_seed(seed + 1)
+        io = {}
+        for case in spec["cases"]:
+            x = torch.randn(case["shape"][0], 3, *case["shape"][1:], generator=g)
+            io[f"{case['name']}.input"], io[f"{case['name']}.output"] = x, run_case(model, x, case)
+            print(f"  {name}/{case['name']}: max|logit| {io[case['name'] + '.output'].abs().max():.3f}")
+        torch.save(io, os.path.join(out_dir, f"{name}_io.pt"))
+        manifest[name] = dict(model=spec["model"], checkpoint=f"{name}.pth", io=f"{name}_io.pt", cases=spec["cases"])
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--unilm", required=True, help=f"a checkout of microsoft/unilm (commit {UNILM_COMMIT[:7]})")
     parser.add_argument("--transformers", help="a folder holding transformers 4.x (for the HF-layout fixture)")
     parser.add_argument("--out", default=OUT, help="where the fixtures go (default: tests/fixtures/unilm_beit)")
+    parser.add_argument("--full", metavar="DIR", help="write full-size fixtures to DIR instead (not committed)")
     args = parser.parse_args(argv)
     register_all_modules()
+    if args.full:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        os.makedirs(args.full, exist_ok=True)
+        return make_full(args.full, args.unilm)
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     manifest = {}
