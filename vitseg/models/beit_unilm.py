@@ -198,8 +198,8 @@ _V2_NOTES = ("Microsoft's own BEiT v2-{S} UPerNet (microsoft/unilm, MIT licence)
              "(tag in21k); the BEiT backbone of the BEiT entries. The sources report single-scale mIoU only. "
              "{extra}" + _FIXED.format(s=512, t=341) + " " + _HASH)
 
-_V2_B = _v2_weights("base", num_layers=12,
-                    in1k=(53.1, 5e-5, 0.75, "upernet_beit_base_12_512_slide_160k_ade20k.py"),
+_V2_B_CFG = "upernet_beit_base_12_512_slide_160k_ade20k.py"
+_V2_B = _v2_weights("base", num_layers=12, in1k=(53.1, 5e-5, 0.75, _V2_B_CFG),
                     in21k=(53.5, 5e-5, 0.85, "upernet_beit_base_12_512_slide_160k_21ktoade20k.py"))
 register_model(ZooEntry(
     name="upernet_beitv2_unilm_b16_ade20k",
@@ -209,14 +209,14 @@ register_model(ZooEntry(
     preprocess=ADE20K_SLIDE_512_S341_MIN512,
     weights=_V2_B,
     num_params=161_272_278,
-    source=_V2_B[0].source.split(";")[0],
+    source=_V2_CFG.format(_V2_B_CFG),
     recipe=_V2_B[0].recipe,
     notes=_V2_NOTES.format(S="B", extra="The base configs pass rel_pos_bias_interpolation_type=0, which the "
                                         "released backbone class does not accept (no effect on inference). "),
 ))
 
-_V2_L = _v2_weights("large", num_layers=24,
-                    in1k=(56.7, 4e-5, 0.9, "upernet_beit_large_24_512_slide_160k_ade20k.py"),
+_V2_L_CFG = "upernet_beit_large_24_512_slide_160k_ade20k.py"
+_V2_L = _v2_weights("large", num_layers=24, in1k=(56.7, 4e-5, 0.9, _V2_L_CFG),
                     in21k=(57.54, 3e-5, 0.9, "upernet_beit_large_24_512_slide_160k_21ktoade20k.py"))
 register_model(ZooEntry(
     name="upernet_beitv2_unilm_l16_ade20k",
@@ -226,7 +226,7 @@ register_model(ZooEntry(
     preprocess=ADE20K_SLIDE_512_S341_MIN512,
     weights=_V2_L,
     num_params=438_000_278,
-    source=_V2_L[0].source.split(";")[0],
+    source=_V2_CFG.format(_V2_L_CFG),
     recipe=_V2_L[0].recipe,
     notes=_V2_NOTES.format(S="L", extra=""),
 ))
