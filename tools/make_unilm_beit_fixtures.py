@@ -33,8 +33,11 @@ Per model family it writes, under ``tests/fixtures/unilm_beit/``:
 Run it in the mmseg 1.2.2 reference venv (``tools/setup_mmseg_reference.sh``), on CPU, fp32::
 
     git clone https://github.com/microsoft/unilm /tmp/unilm && git -C /tmp/unilm checkout 768a3c8
-    ~/.cache/vitseg-mmseg-ref/venv/bin/python -m pip install --target /tmp/hf4 --no-deps \\
-        transformers==4.46.3 "tokenizers>=0.20,<0.21" huggingface_hub==0.26.5 safetensors regex
+    PY=~/.cache/vitseg-mmseg-ref/venv/bin/python
+    $PY -m pip install --target /tmp/hf4 --no-deps transformers==4.46.3 "tokenizers>=0.20,<0.21" \\
+        huggingface_hub==0.26.5
+    $PY -m pip install --target /tmp/hf4 requests tqdm filelock fsspec packaging pyyaml regex safetensors \\
+        numpy==$($PY -c "import numpy; print(numpy.__version__)")   # keep the venv's numpy
     ~/.cache/vitseg-mmseg-ref/venv/bin/python tools/make_unilm_beit_fixtures.py --unilm /tmp/unilm \\
         --transformers /tmp/hf4
     # full size (BEiT-B at 640, BEiT v2-L at 512; random weights, about 2.5 GB, not committed):
