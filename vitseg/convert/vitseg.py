@@ -14,7 +14,8 @@ __all__ = ["convert_vitseg"]
 # A segmentor's top-level modules; the backbone in timm's names.
 _TOP = re.compile(r"^(backbone|neck|decode_head|auxiliary_head)\.")
 _MARKERS = re.compile(r"^backbone\.(blocks\.\d+\.|patch_embed\.proj\.)")
-_FOREIGN = re.compile(r"^backbone\.layers\.")  # mmcv's transformer layers: an mmseg file
+_FOREIGN = re.compile(r"^backbone\.(layers\.|fpn\d\.)")  # mmcv's transformer layers (an mmseg file), the
+# Feature2Pyramid inside microsoft/unilm's BEiT backbone (a beit_unilm file)
 
 
 def convert_vitseg(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = ()
