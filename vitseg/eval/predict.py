@@ -100,7 +100,7 @@ def _add_probs(acc: torch.Tensor, logits: torch.Tensor, flip: bool, size: tuple[
 def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, tta: bool = False,
               backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
               dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-              tta_ratios: tuple[float, ...] = TTA_RATIOS, resized: np.ndarray | torch.Tensor | None = None,
+              tta_ratios: tuple[float, ...] | None = None, resized: np.ndarray | torch.Tensor | None = None,
               size: tuple[int, int] | None = None) -> torch.Tensor:
     """(H, W) int64 labels of a decoded (H, W, 3) uint8 RGB image, on ``device``.
 
@@ -113,7 +113,8 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
 
     ``tta=True``: mmseg 0.x ms+flip (``MultiScaleFlipAug``): scales ``(int(long*r), int(short*r))`` from the
     original image, each unflipped and flipped, softmax of the logits resized to (H, W), flips undone,
-    averaged, argmax. The original-size probability sum (K x H x W) is kept when it is smaller than the
+    averaged, argmax. The ratios: ``tta_ratios``, else ``preprocess.tta_ratios`` (the source's own, e.g.
+    DINOv2's ms heads), else mmseg 0.x's ``--aug-test`` ratios. The original-size probability sum (K x H x W) is kept when it is smaller than the
     12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -137,8 +138,9 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     if img is None:
         raise ValueError("label_map(tta=True) needs the decoded image (img)")
     h, w = img.shape[:2]
+    tta_ratios = _ratios(tta_ratios, preprocess)
     passes = _tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
-                         dtype=dtype, ratios=tuple(tta_ratios))
+                         dtype=dtype, ratios=tta_ratios)
     first, flip = next(passes)
     k = first.shape[1]
     acc_bytes = k * h * w * 4
@@ -164,6 +166,11 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
     return labels
 
 
+def _ratios(tta_ratios: tuple[float, ...] | None, preprocess: Preprocess) -> tuple[float, ...]:
+    """The ms+flip ratios: those asked for, else the source's (``preprocess.tta_ratios``), else mmseg 0.x's."""
+    return tuple(tta_ratios or preprocess.tta_ratios or TTA_RATIOS)
+
+
 def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, bool]]
            ) -> Iterator[tuple[torch.Tensor, bool]]:
     yield first, flip
@@ -174,7 +181,7 @@ def _chain(first: torch.Tensor, flip: bool, rest: Iterator[tuple[torch.Tensor, b
 def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: bool = False,
              backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
              dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-             tta_ratios: tuple[float, ...] = TTA_RATIOS) -> torch.Tensor:
+             tta_ratios: tuple[float, ...] | None = None) -> torch.Tensor:
     """(K, H, W) float32 class probabilities of a decoded image at its original size, on ``device``.
 
     The softmax over classes of the logits resized to (H, W), as ``label_map`` takes the argmax of (with
@@ -188,7 +195,7 @@ def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: 
                          f"is resize_mode={preprocess.resize_mode!r}, which has none. Use tta=False.")
     if tta:
         passes = list(_tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
-                                  dtype=dtype, ratios=tuple(tta_ratios)))
+                                  dtype=dtype, ratios=_ratios(tta_ratios, preprocess)))
     else:
         x = prepare_input(img, preprocess, backend=backend, device=device)
         passes = [(model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype), False)]
