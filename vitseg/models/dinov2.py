@@ -47,6 +47,7 @@ from timm.models.vision_transformer import Block
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import DINOV2_MS_640, DINOV2_SLIDE_512
+from ..recipe import ParamRule, Recipe
 from .segmentor import Segmentor
 from .vit import VisionTransformer, tiny_vit
 
@@ -228,21 +229,35 @@ _NUM_CLASSES = {"ade20k": 150, "voc2012": 21}
 _PREPROCESS = {"linear": DINOV2_SLIDE_512, "ms": DINOV2_MS_640}
 
 _FACTS = (
-    "Frozen DINOv2 backbone (timm / DINOv2 release weights) and DINOv2's head (its release, Apache-2.0), combined "
-    "at download. How the facts were established: the backbone forward, padding, norm and class-token handling "
-    "from the notebook and DinoVisionTransformer (fetched repository); the head's out_indices (the last four "
-    "blocks), in_index ([3] for the linear head), channels (the embedding width: no class token) and the linear "
-    "test_cfg (slide 512 / 341) from a copy of Meta's {name_b}_{dataset}_linear_config.py in "
-    "Jiawei-Yang/Denoising-ViT (evaluation/configs/vitb_{dataset}_linear_config.py; data paths changed there), "
-    "for ViT-B and applied to S/L/g by their depth; the ms head's test pipeline (short side 640, ratios 1.0, 1.32, "
-    "1.73, 2.28, 3.0, flip) from third-party copies of an ms config whose model and data sections were replaced; "
-    "the ms head's in_index [0, 1, 2, 3] and its slide 640 / 320 could not be read from a copy of the config: they "
-    "follow the paper (\"the patch tokens of the 4 last layers\", \"resolution of 640\") and a third-party summary, "
-    "and the released head's BatchNorm width (4 x dim) decides the first at load time. The config files "
-    "themselves (dl.fbaipublicfiles.com) were not reachable. The short-side resize follows Meta's train "
-    "pipeline (img_scale (99999999, short)). The paper does not say whether its tables' numbers come from these "
-    "released heads. {extra}"
+    "DINOv2's frozen backbone and its released head (Apache-2.0), combined at download. Facts and where they come "
+    "from: forward, centred padding, norm on every level, no class token: the notebook and DinoVisionTransformer "
+    "(fetched repository). out_indices (last 4 blocks), in_index [3] and channels = width for the linear head, and "
+    "its slide 512/341: a copy of Meta's dinov2_vitb14_{dataset}_linear_config.py in Jiawei-Yang/Denoising-ViT "
+    "(evaluation/configs/vitb_{dataset}_linear_config.py, data paths edited), applied to S/L/g by depth. The ms "
+    "head reading all 4 levels (BatchNorm of 4 x width, no class token): a third-party loader that strictly loads "
+    "dinov2_vits14_ade20k_ms_head.pth into a BatchNorm of 384 x 4 (found by code search, repository not named "
+    "there), and the paper (\"patch tokens of the 4 last layers\"). The ms test pipeline (short side 640, ratios "
+    "1.0, 1.32, 1.73, 2.28, 3.0, flip): third-party copies of an ms config with its model section replaced. "
+    "Not established from any copy: the ms slide 640/320 (a third-party summary) and the short-side-only resize "
+    "(99999999, short) of the test pipelines (Meta's train pipeline uses it). The config files themselves "
+    "(dl.fbaipublicfiles.com) were not reachable. DINOv2 publishes no checksum and its file names carry none: the "
+    "downloads are checked to be checkpoints and load strictly, but their SHA-256 is not yet recorded. {extra}"
 )
+
+
+def _recipe(head: str) -> Recipe:
+    # The configs' schedule (copies named in the notes): AdamW 1e-3, wd 1e-4, 1500 linear warm-up iterations,
+    # linear decay to 0 over 40k iterations, 2 images x 8 GPUs, SyncBN; the backbone is frozen (DINOv2's
+    # segmentor does not hold it as parameters; here its lr and decay are 0). Linear: 512 crops of images
+    # rescaled from a 512 short side by 0.5-2.0; ms: 640 crops, 1.0-3.0 (from the ms train pipeline's copies).
+    short, ratio = (512, (0.5, 2.0)) if head == "linear" else (640, (1.0, 3.0))
+    return Recipe(
+        optimizer="adamw", lr=1e-3, weight_decay=1e-4, custom_keys={"backbone": ParamRule(lr_mult=0.0, decay_mult=0.0)},
+        warmup_iters=1500, warmup_start_factor=1e-6, poly_power=1.0, poly_eta_min=0.0, iters=40_000, batch_size=2,
+        num_gpus=8, crop_size=(short, short), scale=(99999999, short), ratio_range=ratio, cat_max_ratio=0.75,
+        aux_loss_weight=0.0, source=f"dinov2_vitb14_ade20k_{head}_config.py (copies: see the entry's notes)",
+        notes="Optimizer and schedule from a copy of the linear config; the ms config's batch size could not be "
+              "read (its copies change it) and is taken as the linear one's.")
 
 
 def _weights(size: str, head: str, dataset: str) -> Weights:
@@ -267,7 +282,8 @@ def _register(size: str, head: Literal["linear", "ms"], dataset: str) -> None:
              "(ratios from the entry's preprocess)." if head == "ms" else "")
     if dataset == "voc2012":
         extra += (" VOC 2012: the val split (1,449 images of ImageSets/Segmentation/val.txt), 21 classes with "
-                  "background, ignore 255; open it as a FolderDataset over those images.")
+                  "background, ignore 255; copy those images and their SegmentationClass labels into one images / "
+                  "labels folder pair and open it with vitseg.eval.FolderDataset.")
     register_model(ZooEntry(
         name=f"dinov2_{head}_vit_{size}14_{dataset}",
         family=DINOV2_HEADS,
@@ -278,7 +294,8 @@ def _register(size: str, head: Literal["linear", "ms"], dataset: str) -> None:
         + _NUM_CLASSES[dataset],
         dataset=dataset,
         source=_SOURCE.format(name=f"dinov2_vit{size}14", cfg=f"{dataset}_{head}"),
-        notes=_FACTS.format(name_b="dinov2_vitb14", dataset=dataset, extra=extra).strip(),
+        recipe=_recipe(head),
+        notes=_FACTS.format(dataset=dataset, extra=extra).strip(),
     ))
 
 
