@@ -182,3 +182,37 @@ def test_backbone_and_head_files_download_combined(tmp_path, monkeypatch):
             unregister_model(name + "x")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("timm_name,preset", [("vit_small_patch14_dinov2", "DINOV2_S14"),
+                                               ("vit_giant_patch14_dinov2", "DINOV2_G14")])
+def test_timm_dinov2_files_fit_the_full_size_backbones(timm_name, preset):
+    # timm's vit_*_patch14_dinov2.lvd142m layout (fused SwiGLU fc1 for g) at full size, on the meta device
+    import timm
+
+    from vitseg._checkpoint import describe_mismatch
+    from vitseg.models import dinov2
+    size = getattr(dinov2, preset)
+    with torch.device("meta"):
+        reference = timm.create_model(timm_name, pretrained=False)
+        ours = dinov2.DINOv2(**size, out_indices=(size["depth"] - 1,))
+    sd, _ = to_vitseg(reference.state_dict(), format="timm", family=DINOV2_HEADS)
+    assert describe_mismatch(ours.state_dict(), sd) is None
+
+
+def test_tta_runs_the_entrys_own_scales():
+    # DINOv2's ms heads carry their ms+flip ratios; label_map(tta=True) runs exactly those, flipped and not
+    import dataclasses
+
+    import numpy as np
+
+    from vitseg.eval.predict import label_map
+    model = _model("ms")
+    pre = dataclasses.replace(DINOV2_MS_640, resize=(99999999, 28), mode="whole", crop_size=None, stride=None,
+                              tta_ratios=(1.0, 1.5))
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
+    img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    labels = label_map(model, img, pre, tta=True, backend="pillow")
+    assert labels.shape == (20, 30)
+    assert seen == [(28, 42), (28, 42), (42, 63), (42, 63)]  # short side 28 x r, long side unbounded
