@@ -134,10 +134,6 @@ class DINOv2(VisionTransformer):
         # the map's channels is normalizing its tokens
         return [f if i == last else self.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for f, i in zip(feats, taps)]
 
-    def adapt_pretrained(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """ImageNet weights as they are: DINOv2's own 518 table is what the forward resizes."""
-        return sd
-
 
 class BNHead(nn.Module):
     """DINOv2's ``BNHead``: levels resized to the first one's grid and concatenated, BatchNorm, 1x1 classifier.
@@ -203,10 +199,10 @@ DINOV2_HEADS = Family(
         # timm's DINOv2 names are the backbone's; DINOv2's own files name the SwiGLU layers w12 / w3 and
         # carry the masked-modelling token, which no forward uses
         "timm": [
-            (_BLOCK + r"ls(1|2)\.gamma$",              r"blocks.\1.ls\2.gamma"),
-            (_BLOCK + r"mlp\.(fc1|w12)\.(weight|bias)$", r"blocks.\1.mlp.fc1.\3"),
-            (_BLOCK + r"mlp\.(fc2|w3)\.(weight|bias)$",  r"blocks.\1.mlp.fc2.\3"),
-            (r"^mask_token$",                           None),
+            (_BLOCK + r"ls(1|2)\.gamma$",                 r"blocks.\1.ls\2.gamma"),
+            (_BLOCK + r"mlp\.(fc1|w12)\.(weight|bias)$",  r"blocks.\1.mlp.fc1.\3"),
+            (_BLOCK + r"mlp\.(fc2|w3)\.(weight|bias)$",   r"blocks.\1.mlp.fc2.\3"),
+            (r"^mask_token$",                              None),
         ],
     },
     # fmt: on
