@@ -72,7 +72,8 @@ def zoo_table() -> str:
     lines += [
         "",
         f"{len(vitseg.list_models(pretrained=True))} checkpoints of {len(vitseg.list_models())} architectures. "
-        "mIoU and ms+flip (6 scales x 2 flips) on ADE20K-val are the numbers the source of each checkpoint "
+        "mIoU and ms+flip (mmseg's 6 scales, or the source's own, x 2 flips) on the val split of the entry's "
+        "dataset (ADE20K unless the name says otherwise) are the numbers the source of each checkpoint "
         "reports (the weights column names its format; — where it reports none); a `.tag` picks one of several checkpoints of one architecture (the first is the "
         "default). Parameters exclude the training-only auxiliary head. "
         "¹ No released checkpoint: the architecture alone.",

@@ -118,10 +118,12 @@ def test_entry_schema(name: str) -> None:
         assert entry.notes, "architecture-only entries must say why they have no weights"
     for w in entry.weights:
         assert w.url.startswith("https://") and w.format in FORMATS
-        # a name without a hash prefix needs the full SHA-256, or notes that say none is published
-        assert (w.hash_prefix and len(w.hash_prefix) == 8) or w.sha256 or "no published SHA-256" in entry.notes
-        # a source may report no ms+flip figure (the zoo table shows "—")
-        assert w.metrics["mIoU"] > 0 and w.metrics.get("mIoU_ms_flip", w.metrics["mIoU"]) >= w.metrics["mIoU"]
+        for f in (w, *w.parts):
+            # a file name without a hash prefix needs the full SHA-256, or notes that say none is published
+            assert (f.hash_prefix and len(f.hash_prefix) == 8) or f.sha256 or "no published SHA-256" in entry.notes
+        # a source may report no ms+flip figure (the zoo table shows "—"), or only that one (DINOv2's ms heads)
+        assert w.metrics and all(v > 0 for v in w.metrics.values())
+        assert w.metrics.get("mIoU_ms_flip", w.metrics.get("mIoU")) >= w.metrics.get("mIoU", 0)
         assert (w.tag is None) == (len(entry.weights) == 1)
 
 

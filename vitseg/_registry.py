@@ -71,6 +71,9 @@ class Weights:
         source: the config that trained it.
         recipe: how this checkpoint was trained, where that differs from the entry's recipe (e.g. an 80k
             and a 160k schedule of one architecture).
+        parts: further files that make up the checkpoint with this one (e.g. a frozen backbone released
+            apart from its head), each fetched, hash-checked and converted by its own ``format``; a part in a
+            backbone format lands under ``backbone.``. The combined state dict is cached as one.
     """
 
     url: str
@@ -81,6 +84,11 @@ class Weights:
     format: str = "mmseg"
     source: str = ""
     recipe: Recipe | None = None
+    parts: tuple[Weights, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(p, Weights) or p.parts for p in self.parts):
+            raise TypeError(f"Weights.parts of {self.url} must be Weights without parts of their own")
 
     @property
     def hash_prefix(self) -> str | None:

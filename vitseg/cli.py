@@ -171,7 +171,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
         crop = "x".join(map(str, pre.crop_size)) if pre.crop_size else f"{pre.resize[1]}"
         metrics = entry.get_weights(tag).metrics if entry.weights else {}
         rows.append((name, f"{entry.num_params / 1e6:.1f}M", crop, pre.mode,
-                     f"{metrics['mIoU']:.2f}" if metrics else "-",
+                     f"{metrics['mIoU']:.2f}" if "mIoU" in metrics else "-",
                      f"{metrics['mIoU_ms_flip']:.2f}" if "mIoU_ms_flip" in metrics else "-"))
     if len(rows) == 1:
         print(f"vitseg list: no model matches {args.pattern!r}; `vitseg list` shows them all.", file=sys.stderr)

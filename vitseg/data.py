@@ -22,7 +22,7 @@ __all__ = [
     "display_name", "default_palette", "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20K_WHOLE_512",
     "ADE20K_SLIDE_512", "ADE20K_SLIDE_640", "ADE20K_SLIDE_512_S341",
     "ADE20K_SLIDE_640_S426_MIN640", "ADE20K_SLIDE_512_S341_MIN512", "ADE20K_DPT_480", "IMAGENET_MEAN",
-    "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+    "IMAGENET_STD", "HALF_MEAN", "HALF_STD", "DINOV2_SLIDE_512", "DINOV2_MS_640", "VOC2012_CLASSES", "VOC2012_PALETTE",
 ]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -50,6 +50,8 @@ class Preprocess:
         interpolation: the image resize kernel: ``"bilinear"`` (mmcv) or ``"bicubic"`` (dpt).
         multiple_of: the resized sides are multiples of it (``"dpt"`` only).
         logits_interpolation: how the logits are resized to the image (``align_corners=False`` both).
+        tta_ratios: the ms+flip scale ratios of the source's multi-scale test (default: mmseg 0.x's
+            ``--aug-test`` ratios, 0.5 to 1.75).
     """
 
     mean: tuple[float, float, float]
@@ -63,6 +65,7 @@ class Preprocess:
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     multiple_of: int = 1
     logits_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    tta_ratios: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -81,6 +84,8 @@ class Preprocess:
                              f"got {self.logits_interpolation!r}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
             raise ValueError("Preprocess(mode='slide') needs crop_size and stride")
+        if self.tta_ratios is not None and (not self.tta_ratios or min(self.tta_ratios) <= 0):
+            raise ValueError(f"Preprocess.tta_ratios must be positive ratios, got {self.tta_ratios!r}")
 
 
 # The ADE20K test pipelines of mmseg's ViT configs: 512 (or 640) short side, whole or sliding windows.
@@ -105,6 +110,14 @@ ADE20K_SLIDE_512_S341_MIN512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, 
 # NormalizeImage(0.5, 0.5), whole-image inference, logits resized bicubically to the image.
 ADE20K_DPT_480 = Preprocess(mean=HALF_MEAN, std=HALF_STD, resize=(480, 480), mode="whole", resize_mode="dpt",
                             interpolation="bicubic", multiple_of=32, logits_interpolation="bicubic")
+
+# DINOv2's segmentation heads (facebookresearch/dinov2, its ``*_{linear,ms}_config.py``; see
+# vitseg/models/dinov2.py for how each number was established): short side 512, 512 windows every 341
+# (linear); short side 640 times 1.0 ... 3.0 with flips, 640 windows every 320 (ms, its only protocol).
+DINOV2_SLIDE_512 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(99999999, 512), mode="slide",
+                              crop_size=(512, 512), stride=(341, 341))
+DINOV2_MS_640 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(99999999, 640), mode="slide",
+                           crop_size=(640, 640), stride=(320, 320), tta_ratios=(1.0, 1.32, 1.73, 2.28, 3.0))
 
 
 @dataclass(frozen=True)
@@ -282,8 +295,32 @@ register_dataset(DatasetInfo(
                         splits=("training", "validation"), default_split="validation"),
     presets={"whole_512": ADE20K_WHOLE_512, "slide_512": ADE20K_SLIDE_512, "slide_640": ADE20K_SLIDE_640,
              "slide_512_s341": ADE20K_SLIDE_512_S341, "slide_640_s426_min640": ADE20K_SLIDE_640_S426_MIN640,
-             "slide_512_s341_min512": ADE20K_SLIDE_512_S341_MIN512, "dpt_480": ADE20K_DPT_480},
+             "slide_512_s341_min512": ADE20K_SLIDE_512_S341_MIN512, "dpt_480": ADE20K_DPT_480,
+             "dinov2_slide_512": DINOV2_SLIDE_512, "dinov2_ms_640": DINOV2_MS_640},
     description="ADE20K SceneParsing, 150 classes: the folder extracted from ADEChallengeData2016.zip",
+))
+
+# Pascal VOC 2012 as mmsegmentation v1.2.2 ``mmseg/datasets/voc.py`` declares it: background is class 0,
+# 255 marks object boundaries (ignored), no zero-label reduction.
+VOC2012_CLASSES: tuple[str, ...] = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
+    'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor',
+)
+VOC2012_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+    (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
+    (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128),
+)
+
+register_dataset(DatasetInfo(
+    name="voc2012",
+    classes=VOC2012_CLASSES,
+    palette=VOC2012_PALETTE,
+    ignore_index=255,
+    reduce_zero_label=False,
+    presets={"dinov2_slide_512": DINOV2_SLIDE_512, "dinov2_ms_640": DINOV2_MS_640},
+    description="Pascal VOC 2012 segmentation, 21 classes with background: the 1,449 val images "
+                "(ImageSets/Segmentation/val.txt) of JPEGImages / SegmentationClass",
 ))
 
 register_dataset(DatasetInfo(

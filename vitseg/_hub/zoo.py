@@ -87,6 +87,9 @@ def _read_cached(folder: Path, weights: Weights, *, adopt: bool = False) -> dict
     if info.get("url") != weights.url or not _hashes_agree(info.get("sha256"), weights):
         _logger.warning("Cached weights in %s are for another file (%s); fetching again.", folder, info.get("url"))
         return None
+    if [p.get("url") for p in info.get("parts", [])] != [p.url for p in weights.parts]:
+        _logger.warning("Cached weights in %s were combined from other files; fetching again.", folder)
+        return None
     recorded = info.get("cached_sha256")
     if recorded is None:
         if not adopt:
@@ -113,13 +116,11 @@ def _from_hf_hub(weights: Weights) -> dict[str, torch.Tensor] | None:
 
 # --------------------------------------------------------------------------- the original file
 
-def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[str, torch.Tensor]:
-    """Get the original file (hand-placed or downloaded), verify, convert, cache; call under the lock."""
-    file_name = weights.file_name
-    hint = _manual_hint(folder, file_name, entry.full_name(weights))
-    manual = folder / file_name
+def _original(entry: ZooEntry, weights: Weights, folder: Path) -> tuple[Path, str, str, bool]:
+    """(path, sha256, where it came from, placed by hand) of one original file: hand-placed in ``folder``,
+    else downloaded into it; checked. Call under the folder's lock."""
+    manual = folder / weights.file_name
     if manual.is_file():
-        source_url, path, source = manual.as_uri(), manual, None
         sha256 = sha256_file(manual)
         try:
             check_hash(sha256, weights.url, expected=weights.sha256, hint="")
@@ -127,30 +128,59 @@ def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[
             raise ValueError(f"{manual} (placed by hand) has SHA-256 {sha256}, which is not that of "
                              f"{weights.url}. Delete or replace it; vitseg then downloads the file itself."
                              ) from None
-    else:
-        source_url = source = mmseg_url(weights.url)
-        try:
-            path, sha256 = download(source_url, folder, expected_sha256=weights.sha256, hint=hint)
-        except BaseException:
-            _remove_if_empty(folder)
-            raise
-    converted = False
+        return manual, sha256, manual.as_uri(), True
+    source_url = mmseg_url(weights.url)
+    hint = _manual_hint(folder, weights.file_name, entry.full_name(weights))
     try:
-        try:
-            original = read_state_dict(path, source=source)
-        except ValueError as e:
-            raise ValueError(f"{e} It was deleted, not stored. {hint}" if source else str(e)) from None
-        # Everything is converted and cached, auxiliary heads included; the loader drops what a model lacks.
-        sd, _ = to_vitseg(original, format=weights.format, family=entry.family, what=f"The file of {weights.url}")
+        path, sha256 = download(source_url, folder, expected_sha256=weights.sha256, hint=hint)
+    except BaseException:
+        _remove_if_empty(folder)
+        raise
+    return path, sha256, source_url, False
+
+
+def _convert_original(entry: ZooEntry, weights: Weights, path: Path, source_url: str, by_hand: bool,
+                      folder: Path) -> dict[str, torch.Tensor]:
+    """The vitseg state dict of one original file; a backbone-format file's keys get ``backbone.``."""
+    hint = _manual_hint(folder, weights.file_name, entry.full_name(weights))
+    try:
+        original = read_state_dict(path, source=None if by_hand else source_url)
+    except ValueError as e:
+        raise ValueError(str(e) if by_hand else f"{e} It was deleted, not stored. {hint}") from None
+    sd, fmt = to_vitseg(original, format=weights.format, family=entry.family, what=f"The file of {weights.url}")
+    return {f"backbone.{k}": v for k, v in sd.items()} if fmt.scope == "backbone" else sd
+
+
+def _fetch_and_convert(entry: ZooEntry, weights: Weights, folder: Path) -> dict[str, torch.Tensor]:
+    """Get the original file(s) (hand-placed or downloaded), verify, convert, combine, cache; call under the lock.
+
+    A checkpoint of several files (``weights.parts``: DINOv2's head and backbone) is cached as one.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    records: list[dict] = []
+    converted = False
+    fetched: list[tuple[Path, bool]] = []
+    try:
+        for w in (weights, *weights.parts):
+            path, sha256, source_url, by_hand = _original(entry, w, folder)
+            fetched.append((path, by_hand))
+            # Everything is converted and cached, auxiliary heads included; the loader drops what a model lacks.
+            part = _convert_original(entry, w, path, source_url, by_hand, folder)
+            clash = sorted(set(sd) & set(part))
+            if clash:
+                raise ValueError(f"{w.url} holds keys that {weights.url} has already ({', '.join(clash[:3])}); the "
+                                 "parts of one checkpoint must not overlap.")
+            sd.update(part)
+            records.append({"url": w.url, "downloaded_from": source_url, "sha256": sha256, "format": w.format})
         st = folder / "model.safetensors"
-        save_safetensors(sd, st, metadata={"source_url": weights.url, "sha256": sha256})
+        save_safetensors(sd, st, metadata={"source_url": weights.url, "sha256": records[0]["sha256"]})
         write_json(folder / "source.json", {
-            "url": weights.url, "downloaded_from": source_url, "sha256": sha256, "format": weights.format,
-            "cached_sha256": sha256_file(st), "vitseg_version": __version__})
+            **records[0], "parts": records[1:], "cached_sha256": sha256_file(st), "vitseg_version": __version__})
         converted = True
     finally:
-        if path != manual or converted:
-            unlink_quietly(path)  # downloads always; a hand-placed file once it has been converted
+        for path, by_hand in fetched:
+            if not by_hand or converted:
+                unlink_quietly(path)  # downloads always; a hand-placed file once it has been converted
         _remove_if_empty(folder)
     return sd
 

@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, dataset: Any, *, device: torch.device | str | Non
         dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast (mmseg's numbers are fp32).
         batch_size: sliding windows per forward pass (slide mode); whole-mode images run one at a time
             since their resized shapes differ, as mmseg's batch size 1.
-        tta: mmseg 0.x ms+flip (6 ratios x 2 flips).
+        tta: mmseg 0.x ms+flip: the preprocess's ``tta_ratios`` (default mmseg's 6) x 2 flips.
         num_workers: DataLoader workers that decode and resize ahead of the model (0: in this process,
             between forwards). Default: up to 4 on CUDA, 0 on CPU (where workers compete with the model).
         pin_memory: page-locked host copies of images and labels, so that their transfer to the GPU is

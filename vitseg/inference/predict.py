@@ -174,11 +174,16 @@ def _band_major(stored: list[tuple[torch.Tensor, bool]], k: int, size: tuple[int
     return labels
 
 
+def _ratios(tta_ratios: tuple[float, ...] | None, preprocess: Preprocess) -> tuple[float, ...]:
+    """The ms+flip ratios: those asked for, else the source's (``preprocess.tta_ratios``), else mmseg 0.x's."""
+    return tuple(tta_ratios or preprocess.tta_ratios or TTA_RATIOS)
+
+
 @torch.no_grad()
 def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, *, tta: bool = False,
               backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
               dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-              tta_ratios: tuple[float, ...] = TTA_RATIOS, resized: np.ndarray | torch.Tensor | None = None,
+              tta_ratios: tuple[float, ...] | None = None, resized: np.ndarray | torch.Tensor | None = None,
               size: tuple[int, int] | None = None) -> torch.Tensor:
     """(H, W) int64 labels of a decoded (H, W, 3) uint8 RGB image, on ``device``.
 
@@ -191,8 +196,10 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
 
     ``tta=True``: mmseg 0.x ms+flip (``MultiScaleFlipAug``): scales ``(int(long*r), int(short*r))`` from the
     original image, each unflipped and flipped, softmax of the logits resized to (H, W), flips undone,
-    averaged, argmax. The original-size probability sum (K x H x W) is kept when it is smaller than the
-    12 passes' logits, else the passes' logits are kept and the result is built in bands of rows.
+    averaged, argmax. The ratios: ``tta_ratios``, else ``preprocess.tta_ratios`` (the source's own, e.g.
+    DINOv2's ms heads), else mmseg 0.x's ``--aug-test`` ratios. The original-size probability sum (K x H x W)
+    is kept when it is smaller than the passes' logits, else the passes' logits are kept and the result is
+    built in bands of rows.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     _check_tta(tta, preprocess)
@@ -200,14 +207,14 @@ def label_map(model: nn.Module, img: np.ndarray | None, preprocess: Preprocess, 
         return _single_scale_labels(model, img, preprocess, resized=resized, size=size, backend=backend,
                                     device=device, batch_size=batch_size, dtype=dtype, max_bytes=max_bytes)
     return _tta_labels(model, img, preprocess, backend=backend, device=device, batch_size=batch_size, dtype=dtype,
-                       max_bytes=max_bytes, tta_ratios=tuple(tta_ratios))
+                       max_bytes=max_bytes, tta_ratios=_ratios(tta_ratios, preprocess))
 
 
 @torch.no_grad()
 def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: bool = False,
              backend: Backend = "auto", device: torch.device | str | None = None, batch_size: int = 1,
              dtype: torch.dtype | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-             tta_ratios: tuple[float, ...] = TTA_RATIOS) -> torch.Tensor:
+             tta_ratios: tuple[float, ...] | None = None) -> torch.Tensor:
     """(K, H, W) float32 class probabilities of a decoded image at its original size, on ``device``.
 
     The softmax over classes of the logits resized to (H, W), as ``label_map`` takes the argmax of (with
@@ -219,7 +226,7 @@ def prob_map(model: nn.Module, img: np.ndarray, preprocess: Preprocess, *, tta: 
     _check_tta(tta, preprocess)
     if tta:
         passes = list(_tta_passes(model, img, preprocess, backend=backend, device=device, batch_size=batch_size,
-                                  dtype=dtype, ratios=tuple(tta_ratios)))
+                                  dtype=dtype, ratios=_ratios(tta_ratios, preprocess)))
     else:
         x = prepare_input(img, preprocess, backend=backend, device=device)
         passes = [(model_logits(model, x, preprocess, batch_size=batch_size, dtype=dtype), False)]
