@@ -4,6 +4,7 @@ Each converter is a pure ``convert(state_dict, rules=()) -> state_dict`` functio
 format; importing its module registers the format. A new format is one more file and one import line here.
 """
 from .dpt_isl import convert_dpt_isl, convert_hf_dpt
+from .eva02 import convert_eva02
 from .formats import FORMATS, CheckpointFormat, get_format, identify_format, register_format
 from .jax import convert_jax
 from .mmseg import convert_mmseg
@@ -11,4 +12,5 @@ from .timm import convert_timm, resize_pos_embed
 from .vitseg import convert_vitseg
 
 __all__ = ["FORMATS", "CheckpointFormat", "register_format", "get_format", "identify_format", "convert_mmseg",
-           "convert_timm", "convert_jax", "convert_vitseg", "resize_pos_embed", "convert_dpt_isl", "convert_hf_dpt"]
+           "convert_timm", "convert_jax", "convert_vitseg", "resize_pos_embed", "convert_dpt_isl", "convert_hf_dpt",
+           "convert_eva02"]

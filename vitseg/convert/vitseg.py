@@ -14,7 +14,8 @@ __all__ = ["convert_vitseg"]
 # A segmentor's top-level modules; the backbone in timm's names.
 _TOP = re.compile(r"^(backbone|neck|decode_head|auxiliary_head)\.")
 _MARKERS = re.compile(r"^backbone\.(blocks\.\d+\.|patch_embed\.proj\.)")
-_FOREIGN = re.compile(r"^backbone\.layers\.")  # mmcv's transformer layers: an mmseg file
+# mmcv's transformer layers (an mmseg file); a neck inside the backbone (the BEiT / EVA repositories' fpn1)
+_FOREIGN = re.compile(r"^backbone\.(layers\.|fpn1\.)")
 
 
 def convert_vitseg(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]] = ()

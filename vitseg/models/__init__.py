@@ -2,6 +2,7 @@
 from . import beit  # noqa: F401  (registers entries)
 from . import dpt  # noqa: F401  (registers entries)
 from . import dpt_isl  # noqa: F401  (registers entries)
+from . import eva02  # noqa: F401  (registers entries)
 from . import segmenter  # noqa: F401  (registers entries)
 from . import setr  # noqa: F401  (registers entries)
 from . import upernet  # noqa: F401  (registers entries)

@@ -1,0 +1,170 @@
+"""BAAI's EVA-02 UPerNets: parity with the authors' code, their checkpoint format, the fixed grid, the entries.
+
+The fixtures come from ``tools/make_eva02_fixtures.py``, which runs the authors' ``EVA2`` backbone
+(baaivision/EVA ``EVA-02/seg/backbone/eva2.py``) with mmseg 1.2.2's UPerHead on tiny, seeded models;
+``tests/fixtures/eva02/manifest.json`` lists them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import RotaryEmbeddingCat
+
+import vitseg
+from conftest import FIXTURES
+from vitseg._checkpoint import read_checkpoint, to_vitseg
+from vitseg.convert import identify_format
+from vitseg.models.eva02 import EVA02, UPERNET_EVA02
+
+HERE = os.path.join(FIXTURES, "eva02")
+with open(os.path.join(HERE, "manifest.json")) as _f:
+    MANIFEST = json.load(_f)
+CASES = [(name, case["name"]) for name, fx in sorted(MANIFEST.items()) for case in fx["cases"]]
+TOL = 1e-4  # max |vitseg - authors| / max |authors| of the logits
+
+
+def _io(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(HERE, MANIFEST[name]["io"]), weights_only=True)
+
+
+def _model(name: str) -> torch.nn.Module:
+    fx = MANIFEST[name]
+    return vitseg.create_model(fx["model"], checkpoint_path=os.path.join(HERE, fx["checkpoint"]), **fx["overrides"])
+
+
+def _run(model: torch.nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
+    with torch.no_grad():
+        if case["mode"] == "whole":
+            return model(x)
+        return vitseg.slide_inference(model, x, case["crop"], case["stride"], batch_size=2)
+
+
+def _errors(model: torch.nn.Module, name: str) -> list[float]:
+    """Relative max error of ``model`` on every case of fixture ``name``."""
+    io = _io(name)
+    out = []
+    for case in MANIFEST[name]["cases"]:
+        ref = io[f"{case['name']}.output"]
+        got = _run(model, io[f"{case['name']}.input"], case)
+        assert got.shape == ref.shape
+        out.append(float((got - ref).abs().max() / ref.abs().max()))
+    return out
+
+
+@pytest.mark.parametrize("name,case_name", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_matches_the_authors_code(name: str, case_name: str) -> None:
+    case = next(c for c in MANIFEST[name]["cases"] if c["name"] == case_name)
+    io = _io(name)
+    ref = io[f"{case_name}.output"]
+    out = _run(_model(name), io[f"{case_name}.input"], case)
+    assert out.shape == ref.shape
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert err <= TOL, f"max |Δ| / max |ref| = {err:.3g}"
+
+
+def _rope_without_stretch(model: nn.Module) -> None:
+    bb = model.backbone  # positions 0..g-1 instead of stretched onto the 16x16 pre-training grid
+    bb.rope = RotaryEmbeddingCat(bb.blocks[0].attn.head_dim, in_pixels=False, feat_shape=list(bb.grid_size))
+
+
+def _rope_off(model: nn.Module) -> None:
+    model.backbone.block_kwargs = lambda grid: {}
+
+
+def _rope_half_layout(model: nn.Module) -> None:
+    for block in model.backbone.blocks:  # rotate halves [x1 | x2] instead of interleaved pairs
+        block.attn.rotate_half = True
+
+
+def _gelu_not_silu(model: nn.Module) -> None:
+    for block in model.backbone.blocks:
+        block.mlp.act = nn.GELU()
+
+
+def _no_sub_ln(model: nn.Module) -> None:
+    for block in model.backbone.blocks:
+        block.mlp.norm = nn.Identity()
+
+
+def _gate_swapped(model: nn.Module) -> None:
+    for block in model.backbone.blocks:  # silu(w2 x) * w1 x instead of silu(w1 x) * w2 x
+        block.mlp.fc1_g, block.mlp.fc1_x = block.mlp.fc1_x, block.mlp.fc1_g
+
+
+def _norm_eps_1e5(model: nn.Module) -> None:
+    for m in model.backbone.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = 1e-5
+
+
+@pytest.mark.parametrize("switch", [_rope_off, _rope_without_stretch, _rope_half_layout, _gelu_not_silu, _no_sub_ln,
+                                    _gate_swapped, _norm_eps_1e5])
+def test_each_detail_matters(switch: Callable[[nn.Module], None]) -> None:
+    """Negative controls: with one of EVA-02's details switched off the same weights miss the authors' logits."""
+    model = _model("eva02_b")
+    assert max(_errors(model, "eva02_b")) <= TOL
+    switch(model)
+    assert max(_errors(model, "eva02_b")) > 10 * TOL
+
+
+def test_checkpoint_format_and_strict_load() -> None:
+    raw = read_checkpoint(os.path.join(HERE, MANIFEST["eva02_b"]["checkpoint"]))
+    raw = raw.get("state_dict", raw)
+    assert identify_format(list(raw)).name == "eva02"
+    sd, _ = to_vitseg(raw, family=UPERNET_EVA02)
+    assert not any("rope" in k for k in sd)  # rebuilt from the grid, not loaded
+    fx = MANIFEST["eva02_b"]
+    model = vitseg.create_model(fx["model"], auxiliary_head=True, **fx["overrides"])
+    model.load_state_dict(sd, strict=True)  # every tensor of the file has a place, auxiliary head included
+    with pytest.raises(ValueError, match="Unrecognized keys"):
+        to_vitseg({**raw, "backbone.blocks.0.gamma_1": torch.ones(16)}, format="eva02")
+
+
+def test_rotary_table_is_the_authors() -> None:
+    """The table timm builds equals the rotary buffers stored in the authors' file."""
+    raw = read_checkpoint(os.path.join(HERE, MANIFEST["eva02_b"]["checkpoint"]))
+    raw = raw.get("state_dict", raw)
+    fx = MANIFEST["eva02_b"]
+    table = vitseg.create_model(fx["model"], **fx["overrides"]).backbone.rope.get_embed()
+    sin, cos = table.chunk(2, dim=-1)
+    assert torch.allclose(sin, raw["backbone.rope.freqs_sin"], atol=1e-6)
+    assert torch.allclose(cos, raw["backbone.rope.freqs_cos"], atol=1e-6)
+
+
+def test_fixed_grid_floors_and_refuses() -> None:
+    backbone = EVA02(img_size=32, embed_dim=16, depth=2, num_heads=2, out_indices=(0, 1)).eval()
+    x = torch.randn(1, 3, 32 + 15, 32 + 9)
+    with torch.no_grad():  # the source's unpadded patch conv: extra rows and columns never reach a token
+        assert torch.equal(backbone(x)[1], backbone(x[:, :, :32, :32].clone())[1])
+    with pytest.raises(ValueError, match="takes inputs of 32x32 pixels"):
+        backbone(torch.randn(1, 3, 48, 32))
+    with pytest.raises(ValueError, match="EVA02 fixes qkv_bias"):
+        EVA02(img_size=32, embed_dim=16, depth=1, num_heads=2, out_indices=(0,), qkv_bias=False)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        EVA02(img_size=32, embed_dim=12, depth=1, num_heads=2, out_indices=(0,))
+
+
+def test_entries_follow_their_configs() -> None:
+    b, l512, l640 = (vitseg.get_entry(n) for n in ["upernet_eva02_b16_ade20k", "upernet_eva02_l16_ade20k",
+                                                    "upernet_eva02_l16_640_ade20k"])
+    assert {n for n in vitseg.list_models() if vitseg.get_entry(n).family is UPERNET_EVA02} == {
+        b.name, l512.name, l640.name}
+    assert b.preprocess.crop_size == (512, 512) and b.preprocess.stride == (341, 341)
+    assert l640.preprocess.crop_size == (640, 640) and l640.preprocess.stride == (426, 426)
+    assert l640.arch["channels"] == l640.arch["aux_channels"] == 1536 and l512.arch["channels"] == 1024
+    assert l512.arch["backbone"]["out_indices"] == (7, 11, 15, 23) and b.arch["backbone"]["out_indices"] == (3, 5, 7, 11)
+    with torch.device("meta"):
+        model = vitseg.create_model("upernet_eva02_l16_640_ade20k", auxiliary_head=True)
+    bb = model.backbone
+    assert bb.pos_embed.shape == (1, 1 + 40 * 40, 1024) and bb.rope.get_embed().shape == (40 * 40, 128)
+    assert bb.blocks[0].mlp.fc1_g.weight.shape == (2730, 1024)  # int(1024 * 4 * 2 / 3)
+    assert bb.blocks[0].attn.k_proj.bias is None and bb.blocks[0].gamma_1 is None
+    assert model.auxiliary_head.in_index == 2
+    assert all(w.format == "eva02" and w.url.startswith("https://huggingface.co/Yuxin-CV/EVA-02/resolve/main/eva02/seg/")
+               for e in (b, l512, l640) for w in e.weights)
+    assert b.recipe.layer_decay_rate == 0.85 and l640.recipe.layer_decay_num_layers == 24
