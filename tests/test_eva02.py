@@ -24,6 +24,7 @@ from vitseg.models.eva02 import EVA02, UPERNET_EVA02
 HERE = os.path.join(FIXTURES, "eva02")
 with open(os.path.join(HERE, "manifest.json")) as _f:
     MANIFEST = json.load(_f)
+CONFIGS = MANIFEST.pop("configs")  # what the authors' configs say, recorded by the generator
 CASES = [(name, case["name"]) for name, fx in sorted(MANIFEST.items()) for case in fx["cases"]]
 TOL = 1e-4  # max |vitseg - authors| / max |authors| of the logits
 
@@ -149,22 +150,55 @@ def test_fixed_grid_floors_and_refuses() -> None:
         EVA02(img_size=32, embed_dim=12, depth=1, num_heads=2, out_indices=(0,))
 
 
-def test_entries_follow_their_configs() -> None:
-    b, l512, l640 = (vitseg.get_entry(n) for n in ["upernet_eva02_b16_ade20k", "upernet_eva02_l16_ade20k",
-                                                    "upernet_eva02_l16_640_ade20k"])
-    assert {n for n in vitseg.list_models() if vitseg.get_entry(n).family is UPERNET_EVA02} == {
-        b.name, l512.name, l640.name}
-    assert b.preprocess.crop_size == (512, 512) and b.preprocess.stride == (341, 341)
-    assert l640.preprocess.crop_size == (640, 640) and l640.preprocess.stride == (426, 426)
-    assert l640.arch["channels"] == l640.arch["aux_channels"] == 1536 and l512.arch["channels"] == 1024
-    assert l512.arch["backbone"]["out_indices"] == (7, 11, 15, 23) and b.arch["backbone"]["out_indices"] == (3, 5, 7, 11)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_entry_and_recipe_follow_the_authors_config(name: str) -> None:
+    f, entry = CONFIGS[name], vitseg.get_entry(name)
+    bb, arch, pre, recipe = f["backbone"], entry.arch, entry.preprocess, entry.recipe
+    assert entry.family is UPERNET_EVA02 and f["config"] in entry.source and f["config"] in recipe.source
+    # the flags vitseg's EVA02 fixes: RoPE stretched onto 16x16, sub-LN SwiGLU, q/v bias, no layer scale
+    assert (bb["rope"], bb["intp_freq"], bb["subln"], bb["naiveswiglu"], bb["qkv_bias"], bb["use_abs_pos_emb"],
+            bb["use_rel_pos_bias"], bb["init_values"], bb["pt_hw_seq_len"], bb["patch_size"]) == (
+        True, True, True, True, True, True, False, None, 16, 16)
+    assert bb["mlp_ratio"] == 4 * 2 / 3
+    ours = arch["backbone"]
+    assert (ours["img_size"], ours["embed_dim"], ours["depth"], ours["num_heads"], list(ours["out_indices"]),
+            ours["drop_path_rate"]) == (bb["img_size"], bb["embed_dim"], bb["depth"], bb["num_heads"],
+                                        bb["out_indices"], bb["drop_path_rate"])
+    assert arch["channels"] == f["decode_head"]["channels"] and arch["aux_channels"] == f["auxiliary_head"]["channels"]
+    assert f["decode_head"]["pool_scales"] == [1, 2, 3, 6] and f["auxiliary_head"]["in_index"] == 2
+    assert (pre.mode, list(pre.crop_size), list(pre.stride)) == (f["test_cfg"]["mode"], f["test_cfg"]["crop_size"],
+                                                                 f["test_cfg"]["stride"])
+    assert list(pre.mean) == f["img_norm_cfg"]["mean"] and list(pre.std) == f["img_norm_cfg"]["std"]
+    assert list(pre.resize) == f["test_scale"] and pre.tta_min_size == f["test_cfg"]["crop_size"][0]
+    opt, sched, train = f["optimizer"], f["lr_config"], f["train"]
+    assert (recipe.optimizer, recipe.lr, list(recipe.betas), recipe.weight_decay) == (
+        opt["type"].lower(), opt["lr"], opt["betas"], opt["weight_decay"])
+    assert opt["constructor"] == "LayerDecayOptimizerConstructor"
+    assert (recipe.layer_decay_rate, recipe.layer_decay_num_layers) == (opt["layer_decay_rate"], opt["num_layers"])
+    assert (sched["policy"], sched["warmup"]) == ("poly", "linear")
+    assert (recipe.warmup_iters, recipe.warmup_start_factor, recipe.poly_power, recipe.poly_eta_min) == (
+        sched["warmup_iters"], sched["warmup_ratio"], sched["power"], sched["min_lr"])
+    assert recipe.iters == f["max_iters"] and recipe.batch_size == train["samples_per_gpu"]
+    assert (list(recipe.scale), list(recipe.ratio_range), list(recipe.crop_size), recipe.cat_max_ratio) == (
+        train["scale"], train["ratio_range"], train["crop_size"], train["cat_max_ratio"])
+    assert recipe.aux_loss_weight == f["auxiliary_head"]["loss_weight"] and (recipe.amp == "fp16") == f["fp16"]
+    ms = f.get("ms_flip")
+    if ms is not None:  # the multi-scale config behind the reported ms+flip figure
+        from vitseg.eval.pipeline import TTA_RATIOS
+        assert ms["img_ratios"] == list(TTA_RATIOS) and ms["flip"] and ms["img_scale"] == list(pre.resize)
+        assert ms["resize"] == "SETR_Resize" and ms["min_short"] == pre.tta_min_size
+        assert "mIoU_ms_flip" in entry.get_weights().metrics
+
+
+def test_architecture_of_the_large_640_model() -> None:
+    assert {n for n in vitseg.list_models() if vitseg.get_entry(n).family is UPERNET_EVA02} == set(CONFIGS)
     with torch.device("meta"):
         model = vitseg.create_model("upernet_eva02_l16_640_ade20k", auxiliary_head=True)
     bb = model.backbone
     assert bb.pos_embed.shape == (1, 1 + 40 * 40, 1024) and bb.rope.get_embed().shape == (40 * 40, 128)
     assert bb.blocks[0].mlp.fc1_g.weight.shape == (2730, 1024)  # int(1024 * 4 * 2 / 3)
     assert bb.blocks[0].attn.k_proj.bias is None and bb.blocks[0].gamma_1 is None
-    assert model.auxiliary_head.in_index == 2
-    assert all(w.format == "eva02" and w.url.startswith("https://huggingface.co/Yuxin-CV/EVA-02/resolve/main/eva02/seg/")
-               for e in (b, l512, l640) for w in e.weights)
-    assert b.recipe.layer_decay_rate == 0.85 and l640.recipe.layer_decay_num_layers == 24
+    assert model.decode_head.fpn_bottleneck.conv.out_channels == 1536
+    assert model.auxiliary_head.convs[0].conv.out_channels == 1536 and model.auxiliary_head.in_index == 2
+    hub = "https://huggingface.co/Yuxin-CV/EVA-02/resolve/5e2d173774b77fff142d315266fa38f668bc054e/eva02/seg/"
+    assert all(w.format == "eva02" and w.url.startswith(hub) for n in CONFIGS for w in vitseg.get_entry(n).weights)

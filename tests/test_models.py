@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -118,7 +119,9 @@ def test_entry_schema(name: str) -> None:
         assert entry.notes, "architecture-only entries must say why they have no weights"
     for w in entry.weights:
         assert w.url.startswith("https://") and w.format in FORMATS
-        assert w.hash_prefix and len(w.hash_prefix) == 8
+        # the 8-hex SHA-256 prefix in the file name, the full SHA-256, or a Hub file pinned to a commit
+        assert ((w.hash_prefix and len(w.hash_prefix) == 8) or (w.sha256 and len(w.sha256) == 64)
+                or re.match(r"https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/[0-9a-f]{40}/", w.url))
         # a source may report no ms+flip figure (the zoo table shows "—")
         assert w.metrics["mIoU"] > 0 and w.metrics.get("mIoU_ms_flip", w.metrics["mIoU"]) >= w.metrics["mIoU"]
         assert (w.tag is None) == (len(entry.weights) == 1)

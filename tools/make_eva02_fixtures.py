@@ -10,7 +10,9 @@ for windows). Every tensor gets seeded non-trivial values (``tools/random_weight
 tables, which the authors' code computes; the patch embedding and the tables added before the first
 LayerNorm are shrunk so that its eps shows, and a quarter of the neck's BatchNorm channels get variances
 near 1e-4. Two fixtures: ``eva02_b`` (the B / L 512 layout, a 3x3 token grid) and ``eva02_l_pro``
-(the 640 ``upernetpro`` layout: 1536-wide heads, here 12 against 8, a 2x2 grid).
+(the 640 ``upernetpro`` layout: 1536-wide heads, here 12 against 8, a 2x2 grid). The manifest's ``configs``
+records what the three configs (and the multi-scale one) say, read with mmengine's ``Config``, so that the
+tests check the zoo entries and recipes against them.
 
 Written under ``tests/fixtures/eva02/``: ``<name>.pth`` (``meta`` + ``state_dict`` in the authors' key layout,
 auxiliary head included), ``<name>_io.pt`` (inputs and logits per case) and ``manifest.json`` (the vitseg
@@ -173,6 +175,54 @@ def _randomize(model: nn.Module, seed: int) -> None:
                 m.running_var[:k] = var
 
 
+CONFIGS = {"upernet_eva02_b16_ade20k": "upernet_eva02_base_12_512_slide_60k",
+           "upernet_eva02_l16_ade20k": "upernet_eva02_large_24_512_slide_80k",
+           "upernet_eva02_l16_640_ade20k": "upernetpro_eva02_large_24_640_slide_80k"}
+MS_CONFIG = "upernet_eva02_large_24_512_slide_ms_eval"
+
+
+def _config_facts(eva_seg: str) -> dict:
+    """What the authors' configs say, per zoo entry: backbone, heads, test and train pipelines, optimizer, schedule."""
+    from mmengine import Config
+
+    def read(name: str):
+        return Config.fromfile(os.path.join(eva_seg, "configs", "eva02", "upernet", f"{name}.py"))
+
+    facts = {}
+    for entry, name in CONFIGS.items():
+        c = read(name)
+        bb = c.model.backbone
+        train = {t["type"]: t for t in c.data.train.pipeline}
+        test = c.data.test.pipeline[1]
+        facts[entry] = dict(
+            config=f"configs/eva02/upernet/{name}.py",
+            backbone={k: bb[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                                         "out_indices", "qkv_bias", "drop_path_rate", "init_values", "use_abs_pos_emb",
+                                         "use_rel_pos_bias", "rope", "pt_hw_seq_len", "intp_freq", "subln", "xattn",
+                                         "naiveswiglu")},
+            decode_head=dict(channels=c.model.decode_head.channels, pool_scales=list(c.model.decode_head.pool_scales)),
+            auxiliary_head=dict(channels=c.model.auxiliary_head.channels, in_index=c.model.auxiliary_head.in_index,
+                                loss_weight=c.model.auxiliary_head.loss_decode.loss_weight),
+            test_cfg=dict(mode=c.model.test_cfg.mode, crop_size=list(c.model.test_cfg.crop_size),
+                          stride=list(c.model.test_cfg.stride)),
+            img_norm_cfg=dict(mean=list(c.img_norm_cfg.mean), std=list(c.img_norm_cfg.std)),
+            test_scale=list(test["img_scale"]),
+            train=dict(scale=list(train["Resize"]["img_scale"]), ratio_range=list(train["Resize"]["ratio_range"]),
+                       crop_size=list(train["RandomCrop"]["crop_size"]),
+                       cat_max_ratio=train["RandomCrop"]["cat_max_ratio"], samples_per_gpu=c.data.samples_per_gpu),
+            optimizer=dict(type=c.optimizer.type, lr=c.optimizer.lr, betas=list(c.optimizer.betas),
+                           weight_decay=c.optimizer.weight_decay, constructor=c.optimizer.constructor,
+                           **c.optimizer.paramwise_cfg),
+            lr_config={k: c.lr_config[k] for k in ("policy", "warmup", "warmup_iters", "warmup_ratio", "power",
+                                                   "min_lr")},
+            max_iters=c.runner.max_iters, fp16=c.optimizer_config.use_fp16)
+    ms = read(MS_CONFIG).data.test.pipeline[1]
+    facts["upernet_eva02_l16_ade20k"]["ms_flip"] = dict(
+        img_scale=list(ms["img_scale"]), img_ratios=list(ms["img_ratios"]), flip=ms["flip"],
+        resize=ms["transforms"][0]["type"], min_short=ms["transforms"][0]["crop_size"][0])
+    return facts
+
+
 @torch.no_grad()
 def _run(model: nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
     from mmengine.config import ConfigDict
@@ -237,6 +287,7 @@ def main() -> None:
                            mmseg=__import__("mmseg").__version__, torch=torch.__version__, timm=timm.__version__,
                            seed=seed))
         print(name, ckpt, len(sd), "keys")
+    manifest["configs"] = _config_facts(args.eva)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")

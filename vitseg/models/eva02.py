@@ -55,7 +55,9 @@ from .vit import VisionTransformer, tiny_vit
 
 __all__ = ["EVA02", "EVA02_B16", "EVA02_L16", "UPERNET_EVA02"]
 
-_HUB = "https://huggingface.co/Yuxin-CV/EVA-02/resolve/main/eva02/seg"
+# The Hub repository's files pinned to its last commit (5e2d173, March 2023): their names carry no hash, the
+# pinned revision fixes their bytes.
+_HUB = "https://huggingface.co/Yuxin-CV/EVA-02/resolve/5e2d173774b77fff142d315266fa38f668bc054e/eva02/seg"
 _SRC = "baaivision/EVA @ 5623d08 EVA-02/seg/{}"
 _CFG = "configs/eva02/upernet/{}.py"
 
@@ -183,9 +185,10 @@ def _recipe(cfg: str, *, lr: float, rate: float, num_layers: int, crop: int, ite
                   source=_SRC.format(_CFG.format(cfg)),
                   notes="Initialised from the authors' MIM pre-trained backbone with its patch kernel resampled "
                         "from 14 to 16 pixels (eva02_B_pt_in21k_p14to16.pt / eva02_L_pt_m38m_p14to16.pt on "
-                        "huggingface.co/Yuxin-CV/EVA-02, eva02/pt/). mmcv 1.x applies the warm-up factor to the "
-                        "poly lr of the same iteration; mmengine's LinearLR + PolyLR differ from it by under "
-                        "2 % of the lr during the first 1500 iterations.")
+                        "huggingface.co/Yuxin-CV/EVA-02, eva02/pt/). The source's mmcv 1.x scheduler multiplies "
+                        "the warm-up factor into a poly decay over all iterations; vitseg's schedule (mmengine's "
+                        "LinearLR, then PolyLR from the end of the warm-up) differs from it by at most "
+                        "lr * 1500 / iters (2.5 % of the lr for 60k iterations, 1.9 % for 80k).")
 
 
 _FIXED = ("Fixed input grid: the source adds its position table and rotary table at the {s}x{s} training size "
