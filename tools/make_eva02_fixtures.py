@@ -27,6 +27,12 @@ baaivision/EVA at commit 5623d08 (not part of this repository)::
     git clone https://github.com/baaivision/EVA /tmp/eva-src && git -C /tmp/eva-src checkout 5623d08
     PYTHONPATH=/tmp/eva-ref-extra $REF tools/make_eva02_fixtures.py --eva /tmp/eva-src/EVA-02/seg
 
+With ``--full DIR`` it builds the three configs as written (real widths, random weights) and adds them to
+``DIR/manifest.json`` in the layout of ``tools/make_fixtures.py --full``, for ``tests/test_parity_full.py``::
+
+    PYTHONPATH=/tmp/eva-ref-extra $REF tools/make_eva02_fixtures.py --eva /tmp/eva-src/EVA-02/seg --full /tmp/vitseg-full
+    VITSEG_FULL_FIXTURES=/tmp/vitseg-full python -m pytest -q tests/test_parity_full.py -k eva02
+
 The authors' file imports what this environment lacks; each gets a stand-in before it is loaded:
 ``mmcv_custom.load_checkpoint`` (used only with ``pretrained=`` a path: never here), ``mmseg.utils.
 get_root_logger`` (idem), ``apex.normalization.FusedLayerNorm`` (``torch.nn.LayerNorm``, the same
@@ -235,6 +241,55 @@ def _run(model: nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
     return model.slide_inference(x, [dict(m) for m in metas])
 
 
+# Full size (--full DIR): each config as written, random weights; merged into DIR/manifest.json in the layout of
+# tools/make_fixtures.py --full, so that tests/test_parity_full.py compares them too.
+FULL_CASES = {
+    "upernet_eva02_b16_ade20k": [dict(name="whole512", shape=(1, 512, 512), mode="whole"),
+                                 dict(name="slide512x683", shape=(1, 512, 683), mode="slide", crop=(512, 512),
+                                      stride=(341, 341))],
+    "upernet_eva02_l16_ade20k": [dict(name="whole512", shape=(1, 512, 512), mode="whole")],
+    "upernet_eva02_l16_640_ade20k": [dict(name="whole640", shape=(1, 640, 640), mode="whole")],
+}
+
+
+def _full_model(eva_seg: str, entry: str) -> nn.Module:
+    from mmengine import Config
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(os.path.join(eva_seg, "configs", "eva02", "upernet", f"{CONFIGS[entry]}.py"))
+    model = cfg.model.to_dict()
+    for head in ("decode_head", "auxiliary_head"):
+        model[head]["norm_cfg"] = dict(type="BN", requires_grad=True)  # SyncBN: the same keys and eval math
+    return MODELS.build(model).eval()
+
+
+def _make_full(eva_seg: str, out: str, only: list[str] | None) -> None:
+    path = os.path.join(out, "manifest.json")
+    manifest = json.load(open(path)) if os.path.exists(path) else {}
+    for seed, entry in enumerate(sorted(FULL_CASES), start=400):
+        if only and entry not in only:
+            continue
+        torch.manual_seed(seed)
+        model = _full_model(eva_seg, entry)
+        _randomize(model, seed)
+        name = f"eva02_full_{entry}"
+        torch.save(dict(state_dict=model.state_dict()), os.path.join(out, f"{name}.pth"))
+        g = torch.Generator().manual_seed(seed + 1)
+        io = {}
+        for case in FULL_CASES[entry]:
+            x = torch.randn(case["shape"][0], 3, *case["shape"][1:], generator=g)
+            io[f"{case['name']}.input"] = x
+            io[f"{case['name']}.output"] = _run(model, x, case)
+            print(f"  {name}/{case['name']}: max|logit| {io[case['name'] + '.output'].abs().max():.3f}")
+        torch.save(io, os.path.join(out, f"{name}_io.pt"))
+        manifest[name] = dict(model=entry, overrides={}, checkpoint=f"{name}.pth", io=f"{name}_io.pt",
+                              cases=FULL_CASES[entry], config=f"baaivision/EVA @ {EVA_COMMIT} "
+                              f"EVA-02/seg/configs/eva02/upernet/{CONFIGS[entry]}.py", seed=seed)
+        del model
+        with open(path, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+
+
 def _sha(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -244,8 +299,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--eva", required=True, help="EVA-02/seg of a baaivision/EVA checkout (commit 5623d08)")
     parser.add_argument("--out", default=OUT, help="where the fixtures go (default: tests/fixtures/eva02)")
+    parser.add_argument("--full", metavar="DIR", help="write full-size fixtures to DIR instead (not committed)")
+    parser.add_argument("--only", nargs="*", help="with --full: the zoo entries to make")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     _install_stand_ins()
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
@@ -254,6 +310,12 @@ def main() -> None:
     sys.path.insert(0, os.path.abspath(args.eva))
     import backbone.eva2  # noqa: F401  (registers EVA2)
     import timm
+
+    if args.full:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        os.makedirs(args.full, exist_ok=True)
+        return _make_full(args.eva, args.full, args.only)
+    torch.set_num_threads(1)
 
     os.makedirs(args.out, exist_ok=True)
     manifest = {}
