@@ -31,9 +31,11 @@ The backbone is a :class:`~vitseg.models.vit.VisionTransformer` whose blocks are
   the source's ``fpn1..fpn4`` inside the backbone are :class:`~vitseg.models.beit.Feature2Pyramid`
   (``neck.``): two 2x2 deconvs with BatchNorm + GELU between, one deconv, identity, 2x2 max-pool.
 
-Pre-training used 14-pixel patches; the fine-tuning starts from the authors' ``*_p14to16`` files, whose
-patch kernel was resampled to 16 x 16 and whose 16 x 16 position table is resized bicubically to the
-training grid at load (their ``mmcv_custom/checkpoint.py``; :meth:`VisionTransformer.adapt_pretrained`).
+Pre-training used 14-pixel patches at 224 (a 16 x 16 grid, hence ``rope_ref_grid=16``); the fine-tuning
+starts from the authors' ``*_p14to16`` files, whose patch kernel was interpolated to 16 x 16 and position
+table to 14 x 14 (the seg README), and whose table the seg code resizes bicubically to the training grid
+when it loads them (``EVA-02/seg/mmcv_custom/checkpoint.py``; the base's ``adapt_pretrained`` does the same).
+Those files' own layout is not read by vitseg yet: only the fine-tuned checkpoints below (format ``eva02``).
 """
 from __future__ import annotations
 
