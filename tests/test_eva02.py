@@ -202,3 +202,41 @@ def test_architecture_of_the_large_640_model() -> None:
     assert model.auxiliary_head.convs[0].conv.out_channels == 1536 and model.auxiliary_head.in_index == 2
     hub = "https://huggingface.co/Yuxin-CV/EVA-02/resolve/5e2d173774b77fff142d315266fa38f668bc054e/eva02/seg/"
     assert all(w.format == "eva02" and w.url.startswith(hub) for n in CONFIGS for w in vitseg.get_entry(n).weights)
+
+
+def test_hub_file_downloads_converts_and_caches(tmp_path, monkeypatch) -> None:
+    """A Hub file pinned to a commit (no hash in its name) is fetched, converted from the authors' layout and
+    cached like the other zoo weights, its SHA-256 recorded."""
+    import dataclasses
+    import shutil
+
+    import _hubtools as ht
+    from vitseg._factory import merge_arch
+    from vitseg._registry import Weights, unregister_model
+
+    monkeypatch.setenv("VITSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fx = MANIFEST["eva02_b"]
+    rel = f"Yuxin-CV/EVA-02/resolve/{'5' * 40}/eva02/seg/eva02_B_ade_seg_upernet_sz512.pth"
+    (tmp_path / "srv" / rel).parent.mkdir(parents=True)
+    shutil.copy(os.path.join(HERE, fx["checkpoint"]), tmp_path / "srv" / rel)
+    server = ht.LoopbackServer(tmp_path / "srv")
+    entry = vitseg.get_entry(fx["model"])
+    name = f"upernet_eva02_b16_hubtest{os.getpid()}"
+    vitseg.register_model(dataclasses.replace(
+        entry, name=name, arch=merge_arch(entry.arch, fx["overrides"]),
+        weights=(Weights(url=f"{server.url}/{rel}", metrics={"mIoU": 1.0}, format="eva02"),)))
+    try:
+        case = next(c for c in fx["cases"] if c["mode"] == "whole")
+        io = _io("eva02_b")
+        ref = io[f"{case['name']}.output"]
+        for _ in range(2):  # downloaded once, then read from the cache
+            out = _run(vitseg.create_model(name, pretrained=True), io[f"{case['name']}.input"], case)
+            assert float((out - ref).abs().max() / ref.abs().max()) <= TOL
+        assert server.gets[f"/{rel}"] == 1
+        (folder,) = (tmp_path / "home").glob("eva02_B_ade_seg_upernet_sz512*")
+        info = json.loads((folder / "source.json").read_text())
+        assert info["sha256"] == ht.sha256_of(tmp_path / "srv" / rel) and info["format"] == "eva02"
+    finally:
+        server.stop()
+        unregister_model(name)
