@@ -30,7 +30,8 @@ baaivision/EVA at commit 5623d08 (not part of this repository)::
 With ``--full DIR`` it builds the three configs as written (real widths, random weights) and adds them to
 ``DIR/manifest.json`` in the layout of ``tools/make_fixtures.py --full``, for ``tests/test_parity_full.py``::
 
-    PYTHONPATH=/tmp/eva-ref-extra $REF tools/make_eva02_fixtures.py --eva /tmp/eva-src/EVA-02/seg --full /tmp/vitseg-full
+    PYTHONPATH=/tmp/eva-ref-extra $REF tools/make_eva02_fixtures.py --eva /tmp/eva-src/EVA-02/seg \
+        --full /tmp/vitseg-full
     VITSEG_FULL_FIXTURES=/tmp/vitseg-full python -m pytest -q tests/test_parity_full.py -k eva02
 
 The authors' file imports what this environment lacks; each gets a stand-in before it is loaded:

@@ -1,7 +1,7 @@
 """UPerNet on EVA-02 backbones: BAAI's own ADE20K models (EVA-02-B and EVA-02-L, 512 and 640 crops).
 
-Paper: Fang et al., "EVA-02: A Visual Representation for Neon Genesis", Image and Vision Computing 2024
-(arXiv:2303.11331); the head is UPerNet (Xiao et al., ECCV 2018). Reference implementation (the weights below
+Paper: Fang et al., "EVA-02: A Visual Representation for Neon Genesis", arXiv:2303.11331, 2023; the head is
+UPerNet (Xiao et al., ECCV 2018). Reference implementation (the weights below
 were trained with it): baaivision/EVA at commit 5623d08, ``EVA-02/seg/backbone/eva2.py`` (``EVA2``,
 ``Block``, ``Attention``, ``SwiGLU``, ``VisionRotaryEmbeddingFast``) and the configs
 ``EVA-02/seg/configs/eva02/upernet/*.py`` on mmcv 1.7.1 / mmsegmentation 0.29.1, whose ``UPerHead`` and
@@ -42,7 +42,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Sequence
 
-import torch
 import torch.nn as nn
 from timm.layers import RotaryEmbeddingCat, trunc_normal_
 from timm.models.eva import EvaBlock
