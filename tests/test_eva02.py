@@ -240,3 +240,37 @@ def test_hub_file_downloads_converts_and_caches(tmp_path, monkeypatch) -> None:
     finally:
         server.stop()
         unregister_model(name)
+
+
+def test_pretrained_backbone_loads_as_the_authors_seg_code_loads_it(tmp_path) -> None:
+    """An EVA-02 pre-trained backbone (the seg code's EVA2 keys without ``backbone.``, MIM extras, a smaller
+    table, DeepSpeed's ``module`` wrapper): recognised, renamed, MIM parts dropped, table resized as
+    ``EVA-02/seg/mmcv_custom/checkpoint.py`` does (cls row kept, bicubic, ``align_corners=False``)."""
+    import torch.nn.functional as F
+
+    raw = read_checkpoint(os.path.join(HERE, MANIFEST["eva02_b"]["checkpoint"]))
+    raw = raw.get("state_dict", raw)
+    pt = {k.removeprefix("backbone."): v for k, v in raw.items()
+          if k.startswith("backbone.") and not k.startswith("backbone.fpn")}
+    g = torch.Generator().manual_seed(5)
+    pt.update({"pos_embed": torch.randn(1, 1 + 2 * 2, 16, generator=g), "mask_token": torch.randn(1, 1, 16, generator=g),
+               "lm_head.weight": torch.randn(8, 16, generator=g), "lm_head.bias": torch.randn(8, generator=g),
+               "norm.weight": torch.randn(16, generator=g), "norm.bias": torch.randn(16, generator=g),
+               "rope.freqs_cos": torch.randn(4, 8, generator=g), "rope.freqs_sin": torch.randn(4, 8, generator=g)})
+    assert identify_format(list(pt)).name == "eva02_pretrained"
+    path = tmp_path / "eva02_tiny_pt_p14to16.pt"
+    torch.save({"module": pt}, path)
+    fx = MANIFEST["eva02_b"]
+    model = vitseg.create_model(fx["model"], **fx["overrides"])
+    vitseg.load_pretrained_backbone(model, path)
+    finetuned = _model("eva02_b").backbone.state_dict()
+    got = model.backbone.state_dict()
+    assert all(torch.equal(got[k], finetuned[k]) for k in got if k != "pos_embed")
+    table = pt["pos_embed"]
+    grid = F.interpolate(table[:, 1:].reshape(1, 2, 2, 16).permute(0, 3, 1, 2), size=(3, 3), mode="bicubic",
+                         align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    torch.testing.assert_close(got["pos_embed"], torch.cat([table[:, :1], grid], dim=1))
+    pt["patch_embed.proj.weight"] = torch.randn(16, 3, 14, 14, generator=g)
+    torch.save({"module": pt}, path)
+    with pytest.raises(ValueError, match="p14to16"):
+        vitseg.load_pretrained_backbone(model, path)

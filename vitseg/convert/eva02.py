@@ -1,4 +1,4 @@
-"""BAAI's EVA-02 ADE20K checkpoints -> vitseg state dicts (format ``eva02``).
+"""BAAI's EVA-02 ADE20K checkpoints and pre-trained backbones -> vitseg state dicts (``eva02``, ``eva02_pretrained``).
 
 The files of ``huggingface.co/Yuxin-CV/EVA-02`` (``eva02/seg/eva02_{B,L}_ade_seg_upernet_sz{512,640}.pth``)
 are mmcv 1.x checkpoints of an mmseg 0.x ``EncoderDecoder`` built from baaivision/EVA (commit 5623d08)
@@ -19,7 +19,7 @@ import torch
 from ._rules import rename_keys, strip_prefix
 from .formats import CheckpointFormat, register_format
 
-__all__ = ["convert_eva02", "EVA02_RULES"]
+__all__ = ["convert_eva02", "convert_eva02_pretrained", "EVA02_RULES", "EVA02_PRETRAINED_RULES"]
 
 _BLOCK = r"^backbone\.blocks\.(\d+)\."
 # fmt: off
@@ -41,6 +41,29 @@ EVA02_RULES: list[tuple[str, str | None]] = [
 # fmt: on
 _MARKER = re.compile(r"^backbone\.blocks\.\d+\.mlp\.w3\.")
 
+# The authors' pre-trained backbones (eva02/pt/eva02_{B,L}_pt_*_p14to16.pt on the same Hub repository): the seg
+# code loads them into ``EVA2`` itself, non-strictly (``EVA-02/seg/mmcv_custom/checkpoint.py``), so their keys
+# are the backbone's above without ``backbone.``; what ``EVA2`` lacks (the MIM mask token and prediction head)
+# is ignored there and dropped here. The final norm is kept: the backbone drops it when it has none.
+_PT_BLOCK = r"^blocks\.(\d+)\."
+# fmt: off
+EVA02_PRETRAINED_RULES: list[tuple[str, str | None]] = [
+    (r"^(cls_token|pos_embed)$",                          r"\1"),
+    (r"^patch_embed\.proj\.",                             r"patch_embed.proj."),
+    (r"^(blocks\.\d+\.attn\.)?rope\.freqs_(cos|sin)$",    None),  # rebuilt from the token grid
+    (r"^(mask_token$|lm_head\.)",                        None),  # MIM only
+    (r"^norm\.",                                         r"norm."),
+    (_PT_BLOCK + r"(norm1|norm2)\.",                     r"blocks.\1.\2."),
+    (_PT_BLOCK + r"attn\.(q|v)_bias$",                   r"blocks.\1.attn.\2_proj.bias"),
+    (_PT_BLOCK + r"attn\.(q_proj|k_proj|v_proj|proj)\.", r"blocks.\1.attn.\2."),
+    (_PT_BLOCK + r"mlp\.w1\.",                           r"blocks.\1.mlp.fc1_g."),
+    (_PT_BLOCK + r"mlp\.w2\.",                           r"blocks.\1.mlp.fc1_x."),
+    (_PT_BLOCK + r"mlp\.ffn_ln\.",                       r"blocks.\1.mlp.norm."),
+    (_PT_BLOCK + r"mlp\.w3\.",                           r"blocks.\1.mlp.fc2."),
+]
+# fmt: on
+_PT_MARKER = re.compile(r"^blocks\.\d+\.mlp\.w3\.")
+
 
 def convert_eva02(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
                   ) -> dict[str, torch.Tensor]:
@@ -54,6 +77,18 @@ def convert_eva02(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str 
     return rename_keys(strip_prefix(state_dict), [*rules, *EVA02_RULES], source="EVA-02 segmentation checkpoint")
 
 
+def convert_eva02_pretrained(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
+                             ) -> dict[str, torch.Tensor]:
+    """Rename an EVA-02 pre-trained backbone (``blocks.0.mlp.w1.weight``…) to vitseg's backbone names.
+
+    Args:
+        state_dict: the file's tensors (unwrapped from ``module`` / ``model``); a ``module.`` prefix is stripped.
+        rules: a family's own renames, tried before the table.
+    """
+    return rename_keys(strip_prefix(state_dict), [*rules, *EVA02_PRETRAINED_RULES],
+                       source="EVA-02 pre-trained backbone")
+
+
 def _recognise(keys: Collection[str]) -> bool:
     keys = [k.removeprefix("module.") for k in keys]
     return any(_MARKER.match(k) for k in keys) and any(k.startswith("backbone.fpn1.") for k in keys)
@@ -63,3 +98,14 @@ register_format(CheckpointFormat(
     name="eva02", scope="model", recognise=_recognise, convert=convert_eva02,
     description="a baaivision/EVA EVA-02 segmentation checkpoint (eva02_L_ade_seg_upernet_sz512.pth: "
                 "backbone.blocks.N.mlp.w1/w2/w3, backbone.fpn1.*)"))
+
+
+def _recognise_pretrained(keys: Collection[str]) -> bool:
+    keys = [k.removeprefix("module.") for k in keys]
+    return any(_PT_MARKER.match(k) for k in keys)
+
+
+register_format(CheckpointFormat(
+    name="eva02_pretrained", scope="backbone", recognise=_recognise_pretrained, convert=convert_eva02_pretrained,
+    description="a baaivision/EVA EVA-02 pre-trained backbone (eva02_B_pt_in21k_p14to16.pt: blocks.N.mlp.w1/w2/w3, "
+                "no backbone. prefix)"))

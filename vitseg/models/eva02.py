@@ -35,13 +35,15 @@ Pre-training used 14-pixel patches at 224 (a 16 x 16 grid, hence ``rope_ref_grid
 starts from the authors' ``*_p14to16`` files, whose patch kernel was interpolated to 16 x 16 and position
 table to 14 x 14 (the seg README), and whose table the seg code resizes bicubically to the training grid
 when it loads them (``EVA-02/seg/mmcv_custom/checkpoint.py``; the base's ``adapt_pretrained`` does the same).
-Those files' own layout is not read by vitseg yet: only the fine-tuned checkpoints below (format ``eva02``).
+Those files load with :func:`vitseg.load_pretrained_backbone` (format ``eva02_pretrained``), the fine-tuned
+checkpoints below with ``create_model`` (format ``eva02``).
 """
 from __future__ import annotations
 
 from functools import partial
 from typing import Any, Sequence
 
+import torch
 import torch.nn as nn
 from timm.layers import RotaryEmbeddingCat, trunc_normal_
 from timm.models.eva import EvaBlock
@@ -111,6 +113,23 @@ class EVA02(VisionTransformer):
                 trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def adapt_pretrained(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The authors' pre-trained backbone (format ``eva02_pretrained``) made to fit, as their seg code loads it.
+
+        The position table is resized bicubically to this grid and the final norm dropped (the base's
+        :meth:`~vitseg.models.vit.VisionTransformer.adapt_pretrained`; ``EVA-02/seg/mmcv_custom/checkpoint.py``
+        resizes the same way). The patch kernel must already be ``patch_size`` wide: the authors' ``*_p14to16``
+        files are; their 14-pixel pre-training kernels are refused.
+        """
+        kernel = sd.get("patch_embed.proj.weight")
+        if kernel is not None and tuple(kernel.shape[-2:]) != (self.patch_size, self.patch_size):
+            raise ValueError(
+                f"The pre-trained patch kernel is {kernel.shape[-2]}x{kernel.shape[-1]}, this backbone's is "
+                f"{self.patch_size}x{self.patch_size}: start from the authors' *_p14to16 files "
+                "(eva02/pt/eva02_B_pt_in21k_p14to16.pt, eva02_L_pt_m38m_p14to16.pt on huggingface.co/Yuxin-CV/EVA-02), "
+                "whose kernels were resampled to 16x16.")
+        return super().adapt_pretrained(sd)
 
     def block_kwargs(self, grid: tuple[int, int]) -> dict[str, Any]:
         """The rotary table of the (fixed) training grid, ``(h * w, 2 * head_dim)`` sin then cos."""
