@@ -253,7 +253,8 @@ def test_pretrained_backbone_loads_as_the_authors_seg_code_loads_it(tmp_path) ->
     pt = {k.removeprefix("backbone."): v for k, v in raw.items()
           if k.startswith("backbone.") and not k.startswith("backbone.fpn")}
     g = torch.Generator().manual_seed(5)
-    pt.update({"pos_embed": torch.randn(1, 1 + 2 * 2, 16, generator=g), "mask_token": torch.randn(1, 1, 16, generator=g),
+    pt.update({"pos_embed": torch.randn(1, 1 + 2 * 2, 16, generator=g),
+               "mask_token": torch.randn(1, 1, 16, generator=g),
                "lm_head.weight": torch.randn(8, 16, generator=g), "lm_head.bias": torch.randn(8, generator=g),
                "norm.weight": torch.randn(16, generator=g), "norm.bias": torch.randn(16, generator=g),
                "rope.freqs_cos": torch.randn(4, 8, generator=g), "rope.freqs_sin": torch.randn(4, 8, generator=g)})
