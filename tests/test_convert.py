@@ -1,6 +1,7 @@
 """ImageNet backbone converters (vitseg.convert.timm / .jax) checked against timm itself."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -160,3 +161,23 @@ def test_mmseg_backbone_files_load_as_pretrained_backbones(name, tmp_path):
     reference = vitseg.create_model(fx["model"], checkpoint_path=path, **fx["overrides"])
     got, want = model.backbone.state_dict(), reference.backbone.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+# Every committed checkpoint fixture in a source's own layout, and the one format that must claim it.
+_SOURCE_FILES = {
+    "upernet_vit_b16_mln.pth": "mmseg", "upernet_beit_b16.pth": "mmseg", "dpt_isl_hybrid.pt": "dpt_isl",
+    "unilm_beit/beit.pth": "beit_unilm", "unilm_beit/beitv2.pth": "beit_unilm", "unilm_beit/hf_beit_tiny.pth": "hf_beit",
+    "eva02/eva02_b.pth": "eva02", "eva02/eva02_l_pro.pth": "eva02",
+    "dinov2/ms_backbone.pth": "timm", "dinov2/linear_backbone.pth": "timm",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SOURCE_FILES))
+def test_each_source_layout_is_claimed_by_exactly_one_format(name: str) -> None:
+    """Formats added side by side must not claim each other's files (identify_format refuses ambiguity)."""
+    from conftest import FIXTURES
+    from vitseg._checkpoint import read_checkpoint
+    from vitseg.convert import identify_format
+
+    sd = read_checkpoint(os.path.join(FIXTURES, name))
+    assert identify_format(list(sd)).name == _SOURCE_FILES[name]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -119,8 +120,11 @@ def test_entry_schema(name: str) -> None:
     for w in entry.weights:
         assert w.url.startswith("https://") and w.format in FORMATS
         for f in (w, *w.parts):
-            # a file name without a hash prefix needs the full SHA-256, or notes that say none is published
-            assert (f.hash_prefix and len(f.hash_prefix) == 8) or f.sha256 or "no published SHA-256" in entry.notes
+            # the 8-hex SHA-256 prefix in the file name, the full SHA-256, a Hub file pinned to a commit, or
+            # notes that say the source publishes no SHA-256
+            assert ((f.hash_prefix and len(f.hash_prefix) == 8) or (f.sha256 and len(f.sha256) == 64)
+                    or re.match(r"https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/[0-9a-f]{40}/", f.url)
+                    or "no published SHA-256" in entry.notes)
         # a source may report no ms+flip figure (the zoo table shows "—"), or only that one (DINOv2's ms heads)
         assert w.metrics and all(v > 0 for v in w.metrics.values())
         assert w.metrics.get("mIoU_ms_flip", w.metrics.get("mIoU")) >= w.metrics.get("mIoU", 0)

@@ -100,7 +100,7 @@ def _read_torch(path: str, name: str, fix: str) -> Any:
 
 
 def _unwrap(obj: Any, name: str) -> dict[str, Any]:
-    for key in ("state_dict", "model"):  # mmcv / mmengine files; DeiT and DPT's own files
+    for key in ("state_dict", "model", "module"):  # mmcv / mmengine; DeiT and DPT's own files; DeepSpeed (EVA-02)
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break

@@ -119,9 +119,13 @@ def convert_hf_beit(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, st
                        source="Hugging Face BEiT checkpoint")
 
 
+_MARKER = re.compile(r"^backbone\.blocks\.\d+\.attn\.relative_position_bias_table$")
+
+
 def _recognise_beit_unilm(keys: Collection[str]) -> bool:
+    # BEiT's per-block relative tables tell it from the other backbones with a neck inside (EVA-02: RoPE)
     keys = [k.removeprefix("module.") for k in keys]
-    return any(k.startswith("backbone.blocks.") for k in keys) and any(k.startswith("backbone.fpn1.") for k in keys)
+    return any(_MARKER.match(k) for k in keys) and any(k.startswith("backbone.fpn1.") for k in keys)
 
 
 def _recognise_hf_beit(keys: Collection[str]) -> bool:

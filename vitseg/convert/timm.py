@@ -82,10 +82,12 @@ def convert_timm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str]]
 
 
 _MARKERS = re.compile(r"^(blocks\.\d+\.|patch_embed\.proj\.)")
+_FOREIGN = re.compile(r"^blocks\.\d+\.mlp\.w1\.")  # the EVA-02 authors' SwiGLU (w1, w2, w3): format eva02_pretrained
 
 
 def _recognise(keys: Collection[str]) -> bool:
-    return any(_MARKERS.match(k.removeprefix("module.")) for k in keys)
+    keys = [k.removeprefix("module.") for k in keys]
+    return any(_MARKERS.match(k) for k in keys) and not any(_FOREIGN.match(k) for k in keys)
 
 
 register_format(CheckpointFormat(

@@ -46,7 +46,9 @@ class VisionTransformer(nn.Module):
       (``pos_embed_interp``), or none; relative tables live in the blocks;
     * **input grid** (``dynamic_img_size``): any grid (sides zero-padded to whole patches, as mmseg pads the
       normalized image), or only the training grid (the remainder dropped, as mmseg's BEiT conv does);
-    * **blocks** (``block_fn``): timm's ViT ``Block`` by default;
+    * **blocks** (``block_fn``): timm's ViT ``Block`` by default; :meth:`block_kwargs` gives every block
+      call extra keyword arguments computed once per forward from the token grid (none by default;
+      EVA-02 passes its rotary table);
     * **outputs**: ``out_indices``, ``output_cls_token``, ``with_cls_token``, ``final_norm`` (after the last
       block only, so only the last out index sees it).
 
@@ -188,6 +190,10 @@ class VisionTransformer(nn.Module):
         return self.patch_embed(x[:, :, :gh * self.patch_size, :gw * self.patch_size])  # remainder dropped
 
     # -- forward ----------------------------------------------------------------------------------------
+    def block_kwargs(self, grid: tuple[int, int]) -> dict[str, Any]:
+        """Extra keyword arguments of every block call for a ``grid`` token map (none here)."""
+        return {}
+
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None
                               ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
         """NCHW maps of the blocks in ``indices`` (default ``out_indices``), in that order.
@@ -203,11 +209,12 @@ class VisionTransformer(nn.Module):
         grid = (x.shape[2], x.shape[3])
         x = self.pos_drop(self._add_cls_and_pos(x.flatten(2).transpose(1, 2), grid))  # (B, C, h, w) -> (B, N, C)
         first = 1 if self.with_cls_token else 0  # index of the first patch token
+        kwargs = self.block_kwargs(grid)
 
         outs: dict[int, object] = {}
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, **kwargs)
             if i == last:
                 x = self.norm(x)  # mmseg applies the final norm after the last block only
             if i in indices:

@@ -112,12 +112,17 @@ def _mmseg_names(model: nn.Module) -> dict[str, str]:
 # --------------------------------------------------------------------------- parameter rules
 
 def _layer_id(mm_name: str, num_layers: int) -> int:
-    """mmseg's ``get_layer_id_for_vit`` with its ``num_layers + 2`` maximum."""
+    """mmseg's ``get_layer_id_for_vit`` with its ``num_layers + 2`` maximum.
+
+    A block is ``backbone.layers.N`` in mmseg's names and ``backbone.blocks.N`` in the BEiT / EVA
+    repositories' (whose constructors give the same ids), which is also vitseg's name where a family has no
+    mmseg layout.
+    """
     if mm_name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed"):
         return 0
     if mm_name.startswith("backbone.patch_embed"):
         return 0
-    if mm_name.startswith("backbone.layers"):
+    if mm_name.startswith(("backbone.layers.", "backbone.blocks.")):
         return int(mm_name.split(".")[2]) + 1
     return num_layers + 1
 
