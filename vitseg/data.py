@@ -132,6 +132,9 @@ class FolderLayout:
         subdir: a folder the root may hold the dataset in (e.g. ``"ADEChallengeData2016"``).
         splits: known split names (empty: no splits, ``{split}`` unused).
         default_split: the split evaluated when none is given.
+        split_file: a text file relative to the root that lists the split's images by path stem, one a line
+            (mmseg's ``ann_file``; Pascal VOC's ``ImageSets/Segmentation/{split}.txt``); ``None``: every image
+            in the folder.
     """
 
     images: str
@@ -141,6 +144,7 @@ class FolderLayout:
     subdir: str | None = None
     splits: tuple[str, ...] = ()
     default_split: str | None = None
+    split_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,9 +322,15 @@ register_dataset(DatasetInfo(
     palette=VOC2012_PALETTE,
     ignore_index=255,
     reduce_zero_label=False,
+    # mmseg v1.2.2 configs/_base_/datasets/pascal_voc12.py: JPEGImages, SegmentationClass (palette PNGs, read as
+    # their indices), the split's stems in ImageSets/Segmentation/<split>.txt
+    layout=FolderLayout(images="JPEGImages", labels="SegmentationClass", subdir="VOC2012",
+                        splits=("train", "val", "trainval"), default_split="val",
+                        split_file="ImageSets/Segmentation/{split}.txt"),
     presets={"dinov2_slide_512": DINOV2_SLIDE_512, "dinov2_ms_640": DINOV2_MS_640},
-    description="Pascal VOC 2012 segmentation, 21 classes with background: the 1,449 val images "
-                "(ImageSets/Segmentation/val.txt) of JPEGImages / SegmentationClass",
+    description="Pascal VOC 2012 segmentation, 21 classes with background: the VOC2012 folder of "
+                "VOCtrainval_11-May-2012.tar (JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt: "
+                "1,449 images)",
 ))
 
 register_dataset(DatasetInfo(

@@ -73,13 +73,16 @@ class FolderDataset:
         num_classes: number of classes if ``classes`` is not given.
         ignore_index: label value excluded from the metric.
         backend: image decoder, see :mod:`vitseg.inference.pipeline`.
+        stems: read only these images, by path stem relative to ``img_dir`` (a split file's lines, as mmseg's
+            ``ann_file``), in this order; ``None``: every image in the folder.
     """
 
     def __init__(self, img_dir: str | os.PathLike, ann_dir: str | os.PathLike, *,
                  img_suffix: str | tuple[str, ...] = ".jpg",
                  seg_map_suffix: str = ".png", reduce_zero_label: bool = False,
                  label_map: Mapping[int, int] | None = None, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None, ignore_index: int = 255, backend: Backend = "auto") -> None:
+                 num_classes: int | None = None, ignore_index: int = 255, backend: Backend = "auto",
+                 stems: Sequence[str] | None = None) -> None:
         self.img_dir, self.ann_dir = os.fspath(img_dir), os.fspath(ann_dir)
         for what, d in (("Image", self.img_dir), ("Label", self.ann_dir)):
             if not os.path.isdir(d):
@@ -92,11 +95,7 @@ class FolderDataset:
         self.reduce_zero_label, self.label_map = reduce_zero_label, dict(label_map or {})
         self.ignore_index, self.backend = ignore_index, backend
         suffixes = (img_suffix,) if isinstance(img_suffix, str) else tuple(img_suffix)
-        rels = []
-        for root, _, files in os.walk(self.img_dir):
-            rels += [os.path.relpath(os.path.join(root, f), self.img_dir) for f in files
-                     if f.lower().endswith(suffixes)]
-        self.images = sorted(rels)
+        self.images = _listed(self.img_dir, stems, suffixes) if stems is not None else _scan(self.img_dir, suffixes)
         if not self.images:
             shown = "' or '*".join(suffixes)
             raise FileNotFoundError(f"No '*{shown}' images under {self.img_dir}. Check the path and img_suffix.")
@@ -133,6 +132,35 @@ class FolderDataset:
         return f"{type(self).__name__}({self.img_dir!r}, {len(self)} images, {self.num_classes} classes)"
 
 
+def _scan(img_dir: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Relative paths of every image under ``img_dir`` (recursive), sorted."""
+    rels = []
+    for root, _, files in os.walk(img_dir):
+        rels += [os.path.relpath(os.path.join(root, f), img_dir) for f in files if f.lower().endswith(suffixes)]
+    return sorted(rels)
+
+
+def _listed(img_dir: str, stems: Sequence[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Relative paths of the images named by ``stems`` (the first suffix that exists), in their order."""
+    rels, missing = [], []
+    for stem in stems:
+        found = next((stem + s for s in suffixes if os.path.isfile(os.path.join(img_dir, stem + s))), None)
+        (rels if found else missing).append(found or stem)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(stems)} images of the split list are not in {img_dir}, "
+                                f"e.g. {os.path.join(img_dir, missing[0] + suffixes[0])}.")
+    return rels
+
+
+def _read_split_file(path: str) -> list[str]:
+    """The stems a split file lists, one a line (blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Split list not found: {path}. The dataset's root must hold it (as the "
+                                "official archive does).")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def _split_dirs(info: DatasetInfo, root: str, split: str | None) -> tuple[str, str, str]:
     """(dataset root, image folder, label folder) of ``split`` under ``root``, per the dataset's layout."""
     layout = info.layout
@@ -160,8 +188,9 @@ def open_dataset(name: str, root: str | os.PathLike, split: str | None = None, *
     """Open a registered dataset (see :func:`vitseg.data.list_datasets`) from its root folder.
 
     Args:
-        name: ``"ade20k"``, ``"folder"`` (``root/images`` and ``root/labels`` with the same stems) or any
-            registered dataset.
+        name: ``"ade20k"``, ``"voc2012"`` (the ``VOC2012`` folder or its parent; the split's images as
+            ``ImageSets/Segmentation/<split>.txt`` lists them), ``"folder"`` (``root/images`` and ``root/labels``
+            with the same stems) or any registered dataset.
         root: the dataset's root folder.
         split: one of the dataset's splits (default: the one it is evaluated on).
         classes: class names, for datasets that do not declare them (``"folder"``).
@@ -170,13 +199,17 @@ def open_dataset(name: str, root: str | os.PathLike, split: str | None = None, *
         backend: image decoder, see :mod:`vitseg.inference.pipeline`.
     """
     info = dataset_info(name)
-    _, img_dir, ann_dir = _split_dirs(info, os.fspath(root), split)
+    base, img_dir, ann_dir = _split_dirs(info, os.fspath(root), split)
+    layout = info.layout
+    stems = None
+    if layout.split_file:
+        stems = _read_split_file(os.path.join(base, layout.split_file.format(split=split or layout.default_split)))
     if classes is None and num_classes is None and info.classes:
         classes = info.classes
-    return FolderDataset(img_dir, ann_dir, img_suffix=info.layout.img_suffix,
-                         seg_map_suffix=info.layout.seg_map_suffix,
+    return FolderDataset(img_dir, ann_dir, img_suffix=layout.img_suffix, seg_map_suffix=layout.seg_map_suffix,
                          reduce_zero_label=info.reduce_zero_label if reduce_zero_label is None else reduce_zero_label,
-                         classes=classes, num_classes=num_classes, ignore_index=info.ignore_index, backend=backend)
+                         classes=classes, num_classes=num_classes, ignore_index=info.ignore_index, backend=backend,
+                         stems=stems)
 
 
 class ADE20K(FolderDataset):

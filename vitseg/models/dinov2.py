@@ -278,8 +278,8 @@ def _register(size: str, head: Literal["linear", "ms"], dataset: str) -> None:
              "(ratios from the entry's preprocess)." if head == "ms" else "")
     if dataset == "voc2012":
         extra += (" VOC 2012: the val split (1,449 images of ImageSets/Segmentation/val.txt), 21 classes with "
-                  "background, ignore 255; copy those images and their SegmentationClass labels into one images / "
-                  "labels folder pair and open it with vitseg.eval.FolderDataset.")
+                  "background, ignore 255: vitseg.eval.open_dataset('voc2012', ROOT) reads the VOC2012 folder as that "
+                  "list gives it.")
     register_model(ZooEntry(
         name=f"dinov2_{head}_vit_{size}14_{dataset}",
         family=DINOV2_HEADS,
