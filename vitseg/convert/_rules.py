@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping, Optional, TypeVar
 
-__all__ = ["rename_keys", "strip_prefix"]
+__all__ = ["rename_keys", "strip_prefix", "fuse_hf_qkv"]
 
 T = TypeVar("T")
 
@@ -42,4 +42,29 @@ def rename_keys(state_dict: Mapping[str, T], rules: Iterable[tuple[str, Optional
     if unknown:
         shown = ", ".join(unknown[:8]) + (f", … ({len(unknown)} in all)" if len(unknown) > 8 else "")
         raise ValueError(f"Unrecognized keys in the {source}: {shown}. Is this a {source} at all?")
+    return out
+
+
+def fuse_hf_qkv(state_dict: Mapping[str, T], kinds: tuple[str, ...], source: str) -> dict[str, T]:
+    """Hugging Face transformers' separate ``…attention.attention.{query,key,value}.<kind>`` tensors -> one
+    ``…attention.attention.qkv.<kind>`` (rows q, k, v: transformers' conversion scripts split the source's
+    fused projection so), for each kind in ``kinds`` (``("weight", "bias")``, or ``("weight",)`` where the
+    biases have names of their own, as BEiT's q / v biases).
+    """
+    import torch
+
+    pattern = re.compile(r"^(.*\.attention\.attention\.)(query|key|value)\.(" + "|".join(kinds) + r")$")
+    parts: dict[tuple[str, str], dict[str, T]] = {}
+    out: dict[str, T] = {}
+    for key, value in state_dict.items():
+        m = pattern.match(key)
+        if m:
+            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+        else:
+            out[key] = value
+    for (head, kind), p in parts.items():
+        if set(p) != {"query", "key", "value"}:
+            raise ValueError(f"{head.removesuffix('.attention.attention.')} of the {source} lacks part of its "
+                             f"attention {kind}: it has {sorted(p)} of query, key, value")
+        out[f"{head}qkv.{kind}"] = torch.cat([torch.as_tensor(p[n]) for n in ("query", "key", "value")])
     return out

@@ -27,7 +27,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
-from ._rules import rename_keys, strip_prefix
+from ._rules import fuse_hf_qkv, rename_keys, strip_prefix
 from .formats import CheckpointFormat, register_format
 
 __all__ = ["convert_beit_unilm", "convert_hf_beit", "BEIT_UNILM_RULES", "HF_BEIT_RULES"]
@@ -70,7 +70,6 @@ HF_BEIT_RULES: list[tuple[str, str | None]] = [
     (r"^(decode_head|auxiliary_head)\.",                              r"\1."),
 ]
 # fmt: on
-_QKV = re.compile(_ATTN + r"(query|key|value)\.weight$")
 
 
 def convert_beit_unilm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
@@ -85,26 +84,6 @@ def convert_beit_unilm(state_dict: Mapping[str, Any], rules: Sequence[tuple[str,
     return rename_keys(strip_prefix(state_dict), [*rules, *BEIT_UNILM_RULES], source="microsoft/unilm BEiT checkpoint")
 
 
-def _fuse_qkv(sd: dict[str, Any]) -> dict[str, Any]:
-    """transformers' separate query / key / value weights -> one ``qkv`` per layer (rows q, k, v, as the
-    conversion script split the authors' ``qkv``)."""
-    parts: dict[str, dict[str, Any]] = {}
-    out = {}
-    for k, v in sd.items():
-        m = _QKV.match(k)
-        if m:
-            parts.setdefault(m.group(1), {})[m.group(2)] = v
-        else:
-            out[k] = v
-    for layer, p in parts.items():
-        if set(p) != {"query", "key", "value"}:
-            raise ValueError(f"Layer {layer} of the HF BEiT checkpoint lacks part of its attention weight: it has "
-                             f"{sorted(p)} of query, key, value")
-        out[f"beit.encoder.layer.{layer}.attention.attention.qkv.weight"] = torch.cat(
-            [torch.as_tensor(p["query"]), torch.as_tensor(p["key"]), torch.as_tensor(p["value"])])
-    return out
-
-
 def convert_hf_beit(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
                     ) -> dict[str, torch.Tensor]:
     """Rename a transformers ``BeitForSemanticSegmentation`` state dict (``microsoft/beit-base-finetuned-ade-640-640``)
@@ -115,8 +94,8 @@ def convert_hf_beit(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, st
         rules: a family's own renames, tried before the table.
     """
     # a key bias (BEiT's attention has none) matches no rule: an error naming it
-    return rename_keys(_fuse_qkv(strip_prefix(state_dict)), [*rules, *HF_BEIT_RULES],
-                       source="Hugging Face BEiT checkpoint")
+    sd = fuse_hf_qkv(strip_prefix(state_dict), ("weight",), "Hugging Face BEiT checkpoint")
+    return rename_keys(sd, [*rules, *HF_BEIT_RULES], source="Hugging Face BEiT checkpoint")
 
 
 _MARKER = re.compile(r"^backbone\.blocks\.\d+\.attn\.relative_position_bias_table$")

@@ -18,12 +18,11 @@ coarsest fusion block (it has no skip input).
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
-from ._rules import rename_keys, strip_prefix
+from ._rules import fuse_hf_qkv, rename_keys, strip_prefix
 from .formats import CheckpointFormat, register_format
 
 __all__ = ["convert_dpt_isl", "convert_hf_dpt", "DPT_ISL_RULES", "HF_DPT_RULES"]
@@ -81,7 +80,6 @@ HF_DPT_RULES: list[tuple[str, str | None]] = [
     (r"^auxiliary_head\.",                                   None),
 ]
 # fmt: on
-_QKV = re.compile(_LAYER + r"attention\.attention\.(query|key|value)\.(weight|bias)$")
 
 
 def convert_dpt_isl(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
@@ -95,25 +93,6 @@ def convert_dpt_isl(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, st
     return rename_keys(strip_prefix(state_dict), [*rules, *DPT_ISL_RULES], source="isl-org/DPT checkpoint")
 
 
-def _fuse_qkv(sd: dict[str, Any]) -> dict[str, Any]:
-    """HF's separate query/key/value -> one ``qkv`` per layer (rows q, k, v: HF's converter split it so)."""
-    parts: dict[tuple[str, str], dict[str, Any]] = {}
-    out = {}
-    for k, v in sd.items():
-        m = _QKV.match(k)
-        if m:
-            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
-        else:
-            out[k] = v
-    for (layer, kind), p in parts.items():
-        if set(p) != {"query", "key", "value"}:
-            raise ValueError(f"Layer {layer} of the HF DPT checkpoint lacks part of its attention {kind}: it has "
-                             f"{sorted(p)} of query, key, value")
-        out[f"dpt.encoder.layer.{layer}.attention.attention.qkv.{kind}"] = torch.cat(
-            [torch.as_tensor(p["query"]), torch.as_tensor(p["key"]), torch.as_tensor(p["value"])])
-    return out
-
-
 def convert_hf_dpt(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str | None]] = ()
                    ) -> dict[str, torch.Tensor]:
     """Rename a transformers ``DPTForSemanticSegmentation`` state dict (``Intel/dpt-large-ade``) to vitseg's names.
@@ -122,7 +101,7 @@ def convert_hf_dpt(state_dict: Mapping[str, Any], rules: Sequence[tuple[str, str
         state_dict: HF keys (``dpt.encoder.layer.N.attention.attention.query.weight``…).
         rules: a family's own renames, tried before the table.
     """
-    sd = _fuse_qkv(strip_prefix(state_dict))
+    sd = fuse_hf_qkv(strip_prefix(state_dict), ("weight", "bias"), "Hugging Face DPT checkpoint")
     return rename_keys(sd, [*rules, *HF_DPT_RULES], source="Hugging Face DPT checkpoint")
 
 

@@ -44,7 +44,7 @@ from .segmentor import Segmentor
 from .upernet import UPERNET, FCNHead, UPerHead
 from .vit import VisionTransformer, tiny_vit
 
-__all__ = ["BEiT", "BEiTBlock", "Feature2Pyramid", "BEIT_B16", "BEIT_L16", "MAE_B16", "UPERNET_BEIT"]
+__all__ = ["BEiT", "BEiTBlock", "Feature2Pyramid", "pyramid_upernet", "BEIT_B16", "BEIT_L16", "MAE_B16", "UPERNET_BEIT"]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
 _CFG = "mmseg configs/{} @ v1.2.2"
@@ -193,7 +193,19 @@ def _build_beit(*, backbone: dict, num_classes: int, channels: int = 768, pool_s
         aux_channels: width of the auxiliary head's conv.
         aux_in_index: which neck level the auxiliary head reads (2, the stride-16 map, in these configs).
     """
-    encoder = BEiT(**backbone)
+    return pyramid_upernet(BEiT(**backbone), num_classes=num_classes, channels=channels, pool_scales=pool_scales,
+                           rescales=rescales, auxiliary_head=auxiliary_head, aux_channels=aux_channels,
+                           aux_in_index=aux_in_index)
+
+
+def pyramid_upernet(encoder: VisionTransformer, *, num_classes: int, channels: int,
+                    pool_scales: Sequence[int] = (1, 2, 3, 6), rescales: Sequence[float] = (4, 2, 1, 0.5),
+                    auxiliary_head: bool = False, aux_channels: int = 256, aux_in_index: int = 2) -> Segmentor:
+    """A ViT with four out indices -> :class:`Feature2Pyramid` -> UPerHead (+ the FCN auxiliary head): the
+    UPerNet of mmseg's BEiT / MAE and of the BEiT and EVA-02 authors' segmentation code.
+
+    Args: as :func:`_build_beit`, with the built ``encoder`` in place of its kwargs.
+    """
     dim = encoder.embed_dim
     if len(encoder.out_indices) != 4:
         raise ValueError(f"UPerNet needs 4 backbone out_indices, got {encoder.out_indices}")

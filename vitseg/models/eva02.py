@@ -51,9 +51,9 @@ from timm.models.eva import EvaBlock
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_SLIDE_512_S341_MIN512, ADE20K_SLIDE_640_S426_MIN640
 from ..recipe import Recipe
-from .beit import Feature2Pyramid
+from .beit import pyramid_upernet
 from .segmentor import Segmentor
-from .upernet import UPERNET, FCNHead, UPerHead
+from .upernet import UPERNET
 from .vit import VisionTransformer, tiny_vit
 
 __all__ = ["EVA02", "EVA02_B16", "EVA02_L16", "UPERNET_EVA02"]
@@ -153,16 +153,8 @@ def _build_eva02(*, backbone: dict, num_classes: int, channels: int = 768, pool_
         aux_channels: width of the auxiliary head's conv (256; 1536 in the ``upernetpro`` config).
         aux_in_index: the neck level the auxiliary head reads (2, the stride-16 map).
     """
-    encoder = EVA02(**backbone)
-    dim = encoder.embed_dim
-    if len(encoder.out_indices) != 4:
-        raise ValueError(f"UPerNet needs 4 backbone out_indices, got {encoder.out_indices}")
-    return Segmentor(
-        encoder,
-        UPerHead([dim] * 4, channels, num_classes, pool_scales),
-        neck=Feature2Pyramid(dim, (4, 2, 1, 0.5)),
-        auxiliary_head=FCNHead(dim, aux_channels, num_classes, in_index=aux_in_index) if auxiliary_head else None,
-    )
+    return pyramid_upernet(EVA02(**backbone), num_classes=num_classes, channels=channels, pool_scales=pool_scales,
+                           auxiliary_head=auxiliary_head, aux_channels=aux_channels, aux_in_index=aux_in_index)
 
 
 def _tiny(arch: dict, *, depth: int, img_size: int | None) -> dict[str, Any]:
