@@ -22,7 +22,6 @@ import contextlib
 import copy
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """The user's paths after the first demo: their photos (any encoding), folders of them, torchrun, the API."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys

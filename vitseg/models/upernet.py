@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import ADE20K_WHOLE_512
