@@ -13,7 +13,6 @@ Environment: ``EVA02_SEG`` (the ``EVA-02/seg`` folder of a baaivision/EVA checko
 import json
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -26,8 +25,6 @@ if os.environ.get("EVA02_REF_EXTRA"):
 import mmcv_ext_stub  # noqa: E402,F401  (before mmcv / mmseg)
 import torch  # noqa: E402
 from make_eva02_fixtures import _full_model, _install_stand_ins  # noqa: E402
-
-from harness import DTYPES, autocast, make_batches, reset_rss_peak, rss_bytes, sync  # noqa: E402
 
 
 def main() -> None:
@@ -43,53 +40,12 @@ def main() -> None:
     sys.path.insert(0, os.path.abspath(eva_seg))
     import backbone.eva2  # noqa: F401  (registers EVA2)
 
-    device = spec["device"]
-    model = _full_model(eva_seg, spec["config"]).to(device)
-    dtype = DTYPES[spec["dtype"]]
-    batches = [x.to(device) for x in make_batches([tuple(s) for s in spec["sizes"]], spec["batch"], spec["seed"])]
-    if spec["mode"] == "slide":
-        from mmengine.config import ConfigDict
-        model.test_cfg = ConfigDict(mode="slide", crop_size=tuple(spec["crop"]), stride=tuple(spec["stride"]))
+    from mmseg_worker import serve  # after the stand-ins: it imports mmseg
 
-    def one(x: torch.Tensor) -> torch.Tensor:
-        metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]),
-                      pad_shape=tuple(x.shape[-2:]))] * x.shape[0]
-        if spec["mode"] == "slide":
-            return model.slide_inference(x, metas)
-        return model.encode_decode(x, metas)
-
+    model = _full_model(eva_seg, spec["config"]).to(spec["device"])
     versions = dict(torch=torch.__version__, mmseg=__import__("mmseg").__version__, eva="baaivision/EVA @ 5623d08",
                     timm=__import__("timm").__version__)
-    print(json.dumps(dict(ready=True, versions=versions, threads=torch.get_num_threads())), flush=True)
-    base = None
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "run":
-            sync(device)
-            t0 = time.perf_counter()
-            with torch.no_grad(), autocast(device, dtype):
-                for x in batches:
-                    one(x)
-            sync(device)
-            reply = dict(seconds=time.perf_counter() - t0)
-        elif cmd == "reset_mem":
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats(device)
-            base = reset_rss_peak()
-            reply = dict(ok=True)
-        elif cmd == "mem":
-            if device.startswith("cuda"):
-                peak = torch.cuda.max_memory_allocated(device)
-            else:
-                hwm = rss_bytes("VmHWM")
-                peak = hwm - base if hwm is not None and base is not None else None
-            reply = dict(peak_bytes=peak)
-        elif cmd == "quit":
-            break
-        else:
-            reply = dict(error=f"unknown command {cmd!r}")
-        print(json.dumps(reply), flush=True)
-    assert not mmcv_ext_stub.STUB_CALLS, mmcv_ext_stub.STUB_CALLS
+    serve(model, spec, versions)
 
 
 if __name__ == "__main__":

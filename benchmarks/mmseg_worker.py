@@ -36,6 +36,15 @@ def main() -> None:
     register_all_modules()
     device = spec["device"]
     model = build_mmseg(spec["config"], tiny=None).to(device)
+    versions = dict(torch=torch.__version__, mmseg=__import__("mmseg").__version__,
+                    mmcv=__import__("mmcv").__version__, mmengine=__import__("mmengine").__version__)
+    serve(model, spec, versions)
+
+
+def serve(model: torch.nn.Module, spec: dict, versions: dict) -> None:
+    """Announce readiness, then answer the harness's commands on stdin (see the module docstring) for an
+    mmseg ``EncoderDecoder`` (other reference helpers, e.g. ``eva02_worker.py``, reuse this loop)."""
+    device = spec["device"]
     dtype = DTYPES[spec["dtype"]]
     batches = [x.to(device) for x in make_batches([tuple(s) for s in spec["sizes"]], spec["batch"], spec["seed"])]
     if spec["mode"] == "slide":
@@ -49,8 +58,6 @@ def main() -> None:
             return model.slide_inference(x, metas)
         return model.encode_decode(x, metas)
 
-    versions = dict(torch=torch.__version__, mmseg=__import__("mmseg").__version__,
-                    mmcv=__import__("mmcv").__version__, mmengine=__import__("mmengine").__version__)
     print(json.dumps(dict(ready=True, versions=versions, threads=torch.get_num_threads())), flush=True)
     base = None
     for line in sys.stdin:
