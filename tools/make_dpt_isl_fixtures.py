@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import re
 import sys
 import tempfile
-import types
 from functools import partial
 
 import numpy as np
@@ -47,6 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from random_weights import randomize  # noqa: E402
+import torchvision_stand_in  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures")
@@ -58,40 +56,13 @@ IMAGES = [(40, 40), (30, 52), (70, 50)]
 TOKEN_SCALE = 3e-3
 
 
-class _Stub(types.ModuleType):
-    """An inert module: any attribute is another stand-in, calling it returns itself."""
-
-    __path__: list[str] = []
-
-    def __getattr__(self, name: str) -> "_Stub":
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Stub(f"{self.__name__}.{name}")
-
-    def __call__(self, *args, **kwargs) -> "_Stub":
-        return self
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _Stub(spec.name)
-
-    def exec_module(self, module) -> None:
-        pass
-
-
 def _import_timm():
     try:
         import torchvision  # noqa: F401
     except Exception:  # missing, or built for another torch
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-        sys.meta_path.insert(0, _StubFinder())
+        torchvision_stand_in.install()
     import timm
 
     if timm.__version__ != "0.4.5":

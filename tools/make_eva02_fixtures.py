@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.abc
-import importlib.machinery
 import json
 import logging
 import os
@@ -58,6 +56,7 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmcv_ext_stub  # noqa: E402,F401  (must come before mmcv / mmseg)
 from random_weights import randomize  # noqa: E402
+import torchvision_stand_in  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -85,33 +84,6 @@ SPECS = {
 }
 
 
-class _Stub(types.ModuleType):
-    """An inert module: any attribute is another stand-in, calling it returns itself."""
-
-    __path__: list[str] = []
-
-    def __getattr__(self, name: str) -> "_Stub":
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Stub(f"{self.__name__}.{name}")
-
-    def __call__(self, *args, **kwargs) -> "_Stub":
-        return self
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _Stub(spec.name)
-
-    def exec_module(self, module) -> None:
-        pass
-
-
 def _memory_efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """xformers' ``memory_efficient_attention`` without bias or dropout: (B, N, heads, C) in and out."""
     scale = q.shape[-1] ** -0.5
@@ -121,7 +93,7 @@ def _memory_efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def _install_stand_ins() -> None:
-    sys.meta_path.insert(0, _TorchvisionStub())
+    torchvision_stand_in.install()
     custom = types.ModuleType("mmcv_custom")
 
     def load_checkpoint(*args, **kwargs):
