@@ -202,18 +202,6 @@ def _config_facts(eva_seg: str) -> dict:
     return facts
 
 
-@torch.no_grad()
-def _run(model: nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
-    from mmengine.config import ConfigDict
-
-    metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]),
-                  pad_shape=tuple(x.shape[-2:]))] * x.shape[0]
-    if case["mode"] == "whole":
-        return model.encode_decode(x, metas)
-    model.test_cfg = ConfigDict(mode="slide", crop_size=tuple(case["crop"]), stride=tuple(case["stride"]))
-    return model.slide_inference(x, [dict(m) for m in metas])
-
-
 # Full size (--full DIR): each config as written, random weights; merged into DIR/manifest.json in the layout of
 # tools/make_fixtures.py --full, so that tests/test_parity_full.py compares them too.
 FULL_CASES = {
@@ -237,6 +225,8 @@ def _full_model(eva_seg: str, entry: str) -> nn.Module:
 
 
 def _make_full(eva_seg: str, out: str, only: list[str] | None) -> None:
+    from make_fixtures import run_case  # imports mmseg: after the stand-ins
+
     path = os.path.join(out, "manifest.json")
     manifest = json.load(open(path)) if os.path.exists(path) else {}
     for seed, entry in enumerate(sorted(FULL_CASES), start=400):
@@ -252,7 +242,7 @@ def _make_full(eva_seg: str, out: str, only: list[str] | None) -> None:
         for case in FULL_CASES[entry]:
             x = torch.randn(case["shape"][0], 3, *case["shape"][1:], generator=g)
             io[f"{case['name']}.input"] = x
-            io[f"{case['name']}.output"] = _run(model, x, case)
+            io[f"{case['name']}.output"] = run_case(model, x, case)
             print(f"  {name}/{case['name']}: max|logit| {io[case['name'] + '.output'].abs().max():.3f}")
         torch.save(io, os.path.join(out, f"{name}_io.pt"))
         manifest[name] = dict(model=entry, overrides={}, checkpoint=f"{name}.pth", io=f"{name}_io.pt",
@@ -276,6 +266,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="with --full: the zoo entries to make")
     args = parser.parse_args()
     _install_stand_ins()
+    from make_fixtures import run_case
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
@@ -306,7 +297,7 @@ def main() -> None:
         for case in spec["cases"]:
             x = torch.randn(case["shape"][0], 3, *case["shape"][1:], generator=g)
             io[f"{case['name']}.input"] = x.contiguous()
-            io[f"{case['name']}.output"] = _run(model, x, case).contiguous()
+            io[f"{case['name']}.output"] = run_case(model, x, case).contiguous()
             print(f"  {name}/{case['name']}: in {tuple(x.shape)} max|logit| "
                   f"{io[case['name'] + '.output'].abs().max():.3f}")
         assert not mmcv_ext_stub.STUB_CALLS, mmcv_ext_stub.STUB_CALLS

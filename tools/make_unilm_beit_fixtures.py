@@ -60,12 +60,11 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmcv_ext_stub  # noqa: E402,F401  (must come before mmcv / mmseg)
-from make_fixtures import shrink_bn_variances  # noqa: E402
+from make_fixtures import run_case, shrink_bn_variances  # noqa: E402
 from random_weights import randomize  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from mmengine.config import ConfigDict  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
@@ -189,16 +188,6 @@ def vitseg_overrides(img: tuple[int, int], channels: int = CHANNELS, depth: int 
     return dict(backbone=dict(embed_dim=EMBED, depth=depth, num_heads=HEADS, img_size=list(img),
                               out_indices=list(out_indices)),
                 channels=channels, num_classes=NUM_CLASSES)
-
-
-@torch.no_grad()
-def run_case(model: torch.nn.Module, x: torch.Tensor, case: dict) -> torch.Tensor:
-    metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]),
-                  pad_shape=tuple(x.shape[-2:]))] * x.shape[0]
-    if case["mode"] == "whole":
-        return model.encode_decode(x, metas)
-    model.test_cfg = ConfigDict(mode="slide", crop_size=tuple(case["crop"]), stride=tuple(case["stride"]))
-    return model.slide_inference(x, [dict(m) for m in metas])
 
 
 def make(name: str, spec: dict, unilm: str, out_dir: str) -> tuple[dict, types.ModuleType]:
