@@ -31,28 +31,26 @@ def test_zoo_table_has_every_checkpoint_with_its_numbers() -> None:
             assert rows[name]["weights"].startswith("none")
 
 
-def test_contributing_worked_example_runs_as_written(tmp_path) -> None:
-    """The guide's example (a head family defined outside the package) runs from any directory."""
+def _run_guide_example(tmp_path, marker: str) -> str:
+    """Run the contributing guide's Python block that contains ``marker`` as a script; its stdout."""
     text = open(os.path.join(ROOT, "docs", "contributing.md"), encoding="utf-8").read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    example = next(b for b in blocks if "vitseg.Family(" in b)
+    example = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b)
     script = tmp_path / "example.py"
     script.write_text(example, encoding="utf-8")
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "probe_vit_t16_ade20k: ['probe_vit_t16_ade20k']" in r.stdout
+    return r.stdout
+
+
+def test_contributing_worked_example_runs_as_written(tmp_path) -> None:
+    """The guide's example (a head family defined outside the package) runs from any directory."""
+    assert "probe_vit_t16_ade20k: ['probe_vit_t16_ade20k']" in _run_guide_example(tmp_path, "vitseg.Family(")
 
 
 def test_contributing_vit_variant_runs_as_written(tmp_path) -> None:
     """The guide's ViT variant (a subclass of the base) loads timm's weights and equals timm's features."""
-    text = open(os.path.join(ROOT, "docs", "contributing.md"), encoding="utf-8").read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    example = next(b for b in blocks if "(VisionTransformer):" in b)
-    script = tmp_path / "variant.py"
-    script.write_text(example, encoding="utf-8")
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "LayerScaleViT matches timm: [(1, 32, 4, 4), (1, 32, 4, 4)]" in r.stdout
+    out = _run_guide_example(tmp_path, "(VisionTransformer):")
+    assert "LayerScaleViT matches timm: [(1, 32, 4, 4), (1, 32, 4, 4)]" in out
 
 
 def test_readme_zoo_table_is_current() -> None:
