@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitseg"
 # readers -> hub -> checkpoint -> registry; families (vitseg.models) depend on the registry, the dataset
 # declarations and the layers.
 LAYERS = [
-    ["vitseg._version", "vitseg._io", "vitseg._argtypes", "vitseg._distributed", "vitseg.data", "vitseg.recipe"],
+    ["vitseg._version", "vitseg._io", "vitseg._labels", "vitseg._argtypes", "vitseg._distributed", "vitseg.data",
+     "vitseg.recipe"],
     ["vitseg._registry", "vitseg.layers", "vitseg.pos_embed", "vitseg.metrics", "vitseg.viz", "vitseg.convert"],
     ["vitseg.models", "vitseg._checkpoint", "vitseg._folders"],
     ["vitseg._hub"],

@@ -54,12 +54,12 @@ def test_out_of_range_label_names_file_value_and_class_count(tmp_path: Path) -> 
     labels[2][3, 4] = 7
     labels[1][0, 0] = 9
     reader = open_dataset("folder", _folder(tmp_path, labels), num_classes=5)
-    with pytest.raises(ValueError, match=r"im1\.png has value\(s\) 9 outside the 5 classes.*1 more label files.*"
-                                         r"--num-classes 10"):
+    with pytest.raises(ValueError, match=r"im1\.png holds value\(s\) 9 outside the model's 5 classes.*1 more label "
+                                         r"files.*--num-classes 10"):
         check_labels(reader, 5, 255)
     data = TrainDataset(reader, _pipeline())
     data[(0, 1)]  # a clean file reads
-    with pytest.raises(ValueError, match=r"im2\.png has value\(s\) 7 outside the 5 classes.*--num-classes 8"):
+    with pytest.raises(ValueError, match=r"im2\.png holds value\(s\) 7 outside the model's 5 classes.*--num-classes 8"):
         data[(2, 1)]
 
 
@@ -77,7 +77,7 @@ def test_check_labels_accepts_ignore_and_plain_datasets() -> None:
              for _ in range(3)]
     check_labels(items, 3, 255)
     items[1]["label"][2, 2] = -1
-    with pytest.raises(ValueError, match=r"#1 has value\(s\) -1 .*class indices >= 0"):
+    with pytest.raises(ValueError, match=r"#1 holds value\(s\) -1 .*class indices >= 0"):
         check_labels(items, 3, 255)
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .._distributed import dist_context, pick_device
 from .._io import check_writable
+from .._labels import label_problem
 from ..inference.pipeline import Backend, rescale_uint8
 from ..inference.postprocess import DEFAULT_MAX_BYTES
 from ..inference.predict import check_batch_size, label_map, resolve_preprocess
@@ -48,7 +49,8 @@ class _Prepared(torch.utils.data.Dataset):
         except (ValueError, TypeError, OSError) as e:  # reported by the main process, without a worker traceback
             return dict(error=f"Image {self.indices[i]} of the dataset cannot be read: {type(e).__name__}: {e}")
         item["label"] = torch.as_tensor(item["label"])
-        problem = _label_problem(item, self.indices[i], self.num_classes, self.ignore_index)
+        problem = _label_problem(item, self.indices[i], self.num_classes, self.ignore_index,
+                                 bool(getattr(self.dataset, "reduce_zero_label", False)))
         if problem:
             return dict(error=problem)
         if self.scale is not None:
@@ -57,24 +59,13 @@ class _Prepared(torch.utils.data.Dataset):
         return item
 
 
-def _label_problem(item: dict[str, Any], index: int, num_classes: int, ignore_index: int) -> str | None:
-    """Why a label map cannot be scored against ``num_classes`` classes (values outside them), or ``None``.
-
-    mmseg's metric silently skips such pixels, which turns a label numbering mistake (classes from 1, or a
-    model of too few classes) into a meaningless mIoU; here it stops the run.
-    """
+def _label_problem(item: dict[str, Any], index: int, num_classes: int, ignore_index: int,
+                   reduce_zero_label: bool) -> str | None:
     label = item["label"]
-    outside = (label != ignore_index) & ((label < 0) | (label >= num_classes))
-    if not bool(outside.any()):
+    if not bool(((label != ignore_index) & ((label < 0) | (label >= num_classes))).any()):  # the common case, fast
         return None
-    values = torch.unique(label[outside])
-    where = item.get("label_path") or item.get("path") or f"the label of image {index}"
-    shown = ", ".join(str(int(v)) for v in values[:5]) + (f", … ({len(values)} values)" if len(values) > 5 else "")
-    return (f"Label {where} holds the value {shown} in {int(outside.sum())} pixels, outside the model's "
-            f"{num_classes} classes (0 to {num_classes - 1}; {ignore_index} is ignored). Check the label numbering: "
-            "classes numbered from 1 with 0 for 'unlabelled' need reduce_zero_label=True (vitseg eval "
-            "--reduce-zero-label); other values need a model with that many classes, or label_map / the "
-            "ignore index for them.")
+    where = f"label {item.get('label_path') or item.get('path') or f'of image {index}'}"
+    return label_problem(label.numpy(), where, num_classes, ignore_index, reduce_zero_label=reduce_zero_label)
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,21 +14,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .._labels import distinct_values, label_problem, out_of_range
 from ..readers import FolderDataset, load_label
 from .transforms import TrainPipeline
 
 __all__ = ["TrainDataset", "check_labels", "check_label_values"]
-
-
-def _label_values(label: np.ndarray) -> np.ndarray:
-    """The distinct values of a label map (bincount when they are small non-negative ints: much faster)."""
-    if label.size and label.dtype.kind in "iu" and 0 <= label.min() and label.max() < 1 << 16:
-        return np.flatnonzero(np.bincount(label.ravel()))
-    return np.unique(label)
-
-
-def _out_of_range(values: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    return values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
 
 
 def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_index: int, *,
@@ -43,24 +33,10 @@ def check_label_values(values: np.ndarray, where: str, num_classes: int, ignore_
         reduce_zero_label: whether the labels were read with ADE20K's rule (for the hint).
         more_files: how many other files have bad values (for the message).
     """
-    values = np.unique(np.asarray(values))
-    bad = _out_of_range(values, num_classes, ignore_index)
-    if not bad.size:
-        return
-    shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-    hints = []
-    if not reduce_zero_label and bad.max() == num_classes and 0 in values:
-        hints.append("if 0 means 'unlabelled' and classes start at 1 (as in ADE20K), read the labels with "
-                     "reduce_zero_label=True (--reduce-zero-label)")
-    if bad.max() >= num_classes:
-        hints.append(f"if the data has {int(bad.max()) + 1} classes, train with num_classes={int(bad.max()) + 1} "
-                     f"(--num-classes {int(bad.max()) + 1})")
-    if bad.min() < 0:
-        hints.append("labels must be class indices >= 0")
-    more = f" ({more_files} more label files have values out of range)" if more_files else ""
-    hint = "; ".join(hints)
-    raise ValueError(f"Label {where} has value(s) {shown} outside the {num_classes} classes (0..{num_classes - 1}, "
-                     f"and {ignore_index} for 'not labelled'){more}. {hint[:1].upper()}{hint[1:]}.")
+    problem = label_problem(values, f"label {where}", num_classes, ignore_index, reduce_zero_label=reduce_zero_label,
+                            more_files=more_files)
+    if problem:
+        raise ValueError(problem)
 
 
 def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, workers: int = 8) -> None:
@@ -74,16 +50,16 @@ def check_labels(dataset: Any, num_classes: int, ignore_index: int = 255, *, wor
             path = dataset.label_path(index)
             label = load_label(path, reduce_zero_label=dataset.reduce_zero_label, label_map=dataset.label_map,
                                ignore_index=dataset.ignore_index)
-            return path, _label_values(label)
+            return path, distinct_values(label)
 
         with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
             found = list(pool.map(values, range(len(dataset))))
         reduce_zero_label = dataset.reduce_zero_label
     else:
-        found = [(_item_name(item, i), _label_values(np.asarray(item["label"])))
+        found = [(_item_name(item, i), distinct_values(np.asarray(item["label"])))
                  for i, item in enumerate(_items(dataset))]
         reduce_zero_label = bool(getattr(dataset, "reduce_zero_label", False))
-    bad = [(path, v) for path, v in found if _out_of_range(v, num_classes, ignore_index).size]
+    bad = [(path, v) for path, v in found if out_of_range(v, num_classes, ignore_index).size]
     if bad:
         check_label_values(bad[0][1], bad[0][0], num_classes, ignore_index,
                            reduce_zero_label=reduce_zero_label, more_files=len(bad) - 1)
@@ -131,7 +107,7 @@ class TrainDataset(torch.utils.data.Dataset):
         item = self.dataset[int(index)]
         label = np.asarray(item["label"])
         if self.num_classes is not None:
-            check_label_values(_label_values(label), _item_name(item, int(index)), self.num_classes,
+            check_label_values(distinct_values(label), _item_name(item, int(index)), self.num_classes,
                                self.pipeline.ignore_index,
                                reduce_zero_label=bool(getattr(self.dataset, "reduce_zero_label", False)))
         return self.pipeline(item["img"], label, np.random.default_rng(seed))

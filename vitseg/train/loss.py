@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._labels import label_problem
 from ..recipe import Recipe
 
 __all__ = ["compute_loss", "seg_cross_entropy", "pixel_accuracy"]
@@ -39,9 +40,7 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, i
                          f"{tuple(labels.shape)}")
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
-        value = int(labels[bad][0])
-        raise ValueError(f"Label value {value} is outside the model's {num_classes} classes (0-{num_classes - 1}; "
-                         f"{ignore_index} = ignored). Check num_classes, or the labels' numbering.")
+        raise ValueError(label_problem(labels[bad].cpu().numpy(), "the training batch", num_classes, ignore_index))
 
 
 def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe
