@@ -21,19 +21,31 @@ from .formats import CheckpointFormat, register_format
 
 __all__ = ["convert_eva02", "convert_eva02_pretrained", "EVA02_RULES", "EVA02_PRETRAINED_RULES"]
 
-_BLOCK = r"^backbone\.blocks\.(\d+)\."
+
+def _backbone_rules(prefix: str) -> list[tuple[str, str | None]]:
+    """The EVA2 backbone's renames for keys under ``prefix`` (``"backbone."`` in the segmentation files, ``""``
+    in the pre-trained ones); vitseg's names keep the same prefix."""
+    src, block = re.escape(prefix), "^" + re.escape(prefix) + r"blocks\.(\d+)\."
+    out = prefix + r"blocks.\1."
+    # fmt: off
+    return [
+        ("^" + src + r"(cls_token|pos_embed)$",                   prefix + r"\1"),
+        ("^" + src + r"patch_embed\.proj\.",                      prefix + "patch_embed.proj."),
+        ("^" + src + r"(blocks\.\d+\.attn\.)?rope\.freqs_(cos|sin)$", None),  # rebuilt from the token grid
+        (block + r"(norm1|norm2)\.",                              out + r"\2."),
+        (block + r"attn\.(q|v)_bias$",                            out + r"attn.\2_proj.bias"),
+        (block + r"attn\.(q_proj|k_proj|v_proj|proj)\.",          out + r"attn.\2."),
+        (block + r"mlp\.w1\.",                                    out + "mlp.fc1_g."),
+        (block + r"mlp\.w2\.",                                    out + "mlp.fc1_x."),
+        (block + r"mlp\.ffn_ln\.",                                out + "mlp.norm."),
+        (block + r"mlp\.w3\.",                                    out + "mlp.fc2."),
+    ]
+    # fmt: on
+
+
 # fmt: off
 EVA02_RULES: list[tuple[str, str | None]] = [
-    (r"^backbone\.(cls_token|pos_embed)$",              r"backbone.\1"),
-    (r"^backbone\.patch_embed\.proj\.",                 r"backbone.patch_embed.proj."),
-    (r"^backbone\.(blocks\.\d+\.attn\.)?rope\.freqs_(cos|sin)$", None),  # rebuilt from the token grid
-    (_BLOCK + r"(norm1|norm2)\.",                       r"backbone.blocks.\1.\2."),
-    (_BLOCK + r"attn\.(q|v)_bias$",                     r"backbone.blocks.\1.attn.\2_proj.bias"),
-    (_BLOCK + r"attn\.(q_proj|k_proj|v_proj|proj)\.",   r"backbone.blocks.\1.attn.\2."),
-    (_BLOCK + r"mlp\.w1\.",                             r"backbone.blocks.\1.mlp.fc1_g."),
-    (_BLOCK + r"mlp\.w2\.",                             r"backbone.blocks.\1.mlp.fc1_x."),
-    (_BLOCK + r"mlp\.ffn_ln\.",                         r"backbone.blocks.\1.mlp.norm."),
-    (_BLOCK + r"mlp\.w3\.",                             r"backbone.blocks.\1.mlp.fc2."),
+    *_backbone_rules("backbone."),
     (r"^backbone\.fpn1\.(0|1|3)\.",                     r"neck.upsample_4x.\1."),
     (r"^backbone\.fpn2\.0\.",                           r"neck.upsample_2x.0."),
     (r"^(decode_head|auxiliary_head)\.",                r"\1."),
@@ -45,23 +57,11 @@ _MARKER = re.compile(r"^backbone\.blocks\.\d+\.mlp\.w1\.")
 # code loads them into ``EVA2`` itself, non-strictly (``EVA-02/seg/mmcv_custom/checkpoint.py``), so their keys
 # are the backbone's above without ``backbone.``; what ``EVA2`` lacks (the MIM mask token and prediction head)
 # is ignored there and dropped here. The final norm is kept: the backbone drops it when it has none.
-_PT_BLOCK = r"^blocks\.(\d+)\."
-# fmt: off
 EVA02_PRETRAINED_RULES: list[tuple[str, str | None]] = [
-    (r"^(cls_token|pos_embed)$",                          r"\1"),
-    (r"^patch_embed\.proj\.",                             r"patch_embed.proj."),
-    (r"^(blocks\.\d+\.attn\.)?rope\.freqs_(cos|sin)$",    None),  # rebuilt from the token grid
-    (r"^(mask_token$|lm_head\.)",                        None),  # MIM only
-    (r"^norm\.",                                         r"norm."),
-    (_PT_BLOCK + r"(norm1|norm2)\.",                     r"blocks.\1.\2."),
-    (_PT_BLOCK + r"attn\.(q|v)_bias$",                   r"blocks.\1.attn.\2_proj.bias"),
-    (_PT_BLOCK + r"attn\.(q_proj|k_proj|v_proj|proj)\.", r"blocks.\1.attn.\2."),
-    (_PT_BLOCK + r"mlp\.w1\.",                           r"blocks.\1.mlp.fc1_g."),
-    (_PT_BLOCK + r"mlp\.w2\.",                           r"blocks.\1.mlp.fc1_x."),
-    (_PT_BLOCK + r"mlp\.ffn_ln\.",                       r"blocks.\1.mlp.norm."),
-    (_PT_BLOCK + r"mlp\.w3\.",                           r"blocks.\1.mlp.fc2."),
+    *_backbone_rules(""),
+    (r"^(mask_token$|lm_head\.)", None),  # MIM only
+    (r"^norm\.",                  r"norm."),
 ]
-# fmt: on
 _PT_MARKER = re.compile(r"^blocks\.\d+\.mlp\.w1\.")  # not DINOv2's w12 / w3
 
 
