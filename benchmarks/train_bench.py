@@ -129,13 +129,13 @@ class _VitsegStep:
     def __init__(self, name: str, device: str, dtype: torch.dtype | None, batch: int, crop: tuple[int, int],
                  seed: int, tiny: bool) -> None:
         import vitseg
-        from vitseg.train import build_optimizer, build_scheduler, get_recipe, has_auxiliary_head
+        from vitseg.train import build_optimizer, build_scheduler, get_recipe, has_auxiliary_head, train_mode
         entry = vitseg.get_entry(name)
         kw = vitseg.tiny_overrides(name, depth=2, img_size=crop[0], num_classes=5) if tiny else {}
         if has_auxiliary_head(entry):
             kw["auxiliary_head"] = True
-        self.model = vitseg.create_model(name, **kw).to(device).train()
         self.recipe = get_recipe(name)
+        self.model = train_mode(vitseg.create_model(name, **kw).to(device), self.recipe)  # as fit trains it
         self.optimizer = build_optimizer(self.model, self.recipe)
         self.scheduler = build_scheduler(self.optimizer, self.recipe)
         self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)

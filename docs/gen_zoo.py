@@ -88,9 +88,9 @@ def _num(x: float) -> str:
 
 
 def _rules(r) -> str:
+    parts = [f"`{name}` frozen" for name in r.frozen]
     if r.layer_decay_rate is not None:
-        return f"layer decay {_num(r.layer_decay_rate)} ({r.layer_decay_num_layers} layers)"
-    parts = []
+        return "; ".join([*parts, f"layer decay {_num(r.layer_decay_rate)} ({r.layer_decay_num_layers} layers)"])
     for key, rule in r.custom_keys.items():
         mults = [f"lr x{_num(rule.lr_mult)}"] * (rule.lr_mult != 1) + [f"wd x{_num(rule.decay_mult)}"] * (rule.decay_mult != 1)
         parts.append(f"`{key}`: {', '.join(mults)}")

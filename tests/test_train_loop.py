@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 import vitseg
 from vitseg.cli import main
 from vitseg.readers import open_dataset
-from vitseg.train import fit, get_recipe
+from vitseg.recipe import ParamRule
+from vitseg.train import build_optimizer, fit, get_recipe, train_mode
+from vitseg.train.cli import recipe_with_overrides
 from vitseg.train.loop import TrainingDiverged, eval_preprocess, find_checkpoint
 
 NAME = "upernet_deit_s16_mln_ade20k"  # trains an auxiliary head
@@ -265,3 +267,77 @@ def test_torchrun_two_processes_equal_one(data, saved, tmp_path) -> None:
     assert log_two[1]["eval"]["mIoU"] == pytest.approx(log_one[1]["eval"]["mIoU"], abs=1e-3)
     a, b = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+
+
+DINOV2 = "dinov2_linear_vit_s14_ade20k"  # the recipe freezes the backbone
+
+
+def test_a_frozen_backbone_stays_fixed_and_trains_the_head_as_lr_zero_would(data, tmp_path) -> None:
+    train, _ = _splits(data)
+    recipe = _recipe(4, DINOV2, batch_size=2, lr=1e-2, warmup_iters=1)
+    assert recipe.frozen == ("backbone",) and not recipe.custom_keys
+    model = _model(DINOV2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = []
+    model.backbone.register_forward_pre_hook(
+        lambda m, _: modes.append((m.training, any(p.requires_grad for p in m.parameters()))))
+    head_modes = []
+    model.decode_head.register_forward_pre_hook(lambda m, _: head_modes.append(m.training))
+    fit(model, train, recipe=recipe, out=tmp_path / "frozen", num_workers=0, log_interval=1, progress=False)
+    frozen = model.state_dict()
+    assert all(torch.equal(frozen[k], v) for k, v in start.items() if k.startswith("backbone."))
+    assert not torch.equal(frozen["decode_head.conv_seg.weight"], start["decode_head.conv_seg.weight"])
+    assert not torch.equal(frozen["decode_head.bn.running_mean"], start["decode_head.bn.running_mean"])
+    # the backbone ran in eval mode, with no gradient (nothing kept for a backward pass through it)
+    assert modes == [(False, False)] * 4 and head_modes == [True] * 4
+    assert all(p.requires_grad for p in model.parameters())  # the caller's model is given back as it came
+    state = torch.load(find_checkpoint(tmp_path / "frozen"), map_location="cpu", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(list(model.decode_head.parameters()))
+
+    # the same run with the backbone trained at lr 0 (the gradient reaches it, the step does not move it):
+    # the same head, bit for bit or to float rounding
+    zero = dataclasses.replace(recipe, frozen=(), custom_keys={"backbone": ParamRule(lr_mult=0.0, decay_mult=0.0)})
+    other = fit(_model(DINOV2), train, recipe=zero, out=tmp_path / "lr0", num_workers=0, progress=False)
+    assert all(torch.equal(v, frozen[k]) for k, v in other.state_dict().items() if k.startswith("backbone."))
+    for k, v in other.state_dict().items():
+        torch.testing.assert_close(v, frozen[k], rtol=1e-5, atol=1e-6, msg=k)
+
+    with pytest.raises(ValueError, match=r"frozen=\['backbone'\] \(now \[\]\)"):
+        fit(_model(DINOV2), train, recipe=dataclasses.replace(recipe, frozen=()), out=tmp_path / "frozen",
+            resume=True, progress=False)
+
+
+def test_frozen_parts_are_left_out_of_the_optimizer_and_named() -> None:
+    model = _model(DINOV2)
+    recipe = get_recipe(DINOV2)
+    names = [n for g in build_optimizer(model, recipe).param_groups for n in g["param_names"]]
+    assert names and all(n.startswith("decode_head.") for n in names)  # a hand-written loop gets the same
+    everything = [n for g in build_optimizer(model, dataclasses.replace(recipe, frozen=())).param_groups
+                  for n in g["param_names"]]
+    assert len(everything) == len(list(model.parameters()))
+    assert train_mode(model, recipe) is model and model.training and model.decode_head.training
+    assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
+    with pytest.raises(ValueError, match="names 'encoder'.*its parts are backbone, decode_head"):
+        fit(model, [], recipe=dataclasses.replace(recipe, frozen=("encoder",)), out="/nonexistent/x")
+    with pytest.raises(TypeError, match=r"tuple of submodule names"):
+        dataclasses.replace(recipe, frozen="backbone")
+
+
+def test_cli_freeze_overrides_the_recipe() -> None:
+    recipe = get_recipe(DINOV2)
+    assert recipe_with_overrides(recipe, freeze=["none"]).frozen == ()
+    assert recipe_with_overrides(get_recipe(NAME), freeze=["backbone", "neck", "backbone"]).frozen == (
+        "backbone", "neck")
+    assert recipe_with_overrides(recipe).frozen == ("backbone",)
+    with pytest.raises(ValueError, match="--freeze none trains everything"):
+        recipe_with_overrides(recipe, freeze=["none", "neck"])
+
+
+def test_cli_freeze_trains_the_heads_only(data, saved, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert main(_train_args(saved[LN_ONLY], data, run, "--iters", "2", "--freeze", "backbone")) == 0
+    before = load_file(saved[LN_ONLY] / "model.safetensors")
+    after = load_file(run / "final" / "model.safetensors")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("decode_head.") for k in moved)
+    assert json.loads((run / "config.json").read_text())["recipe"]["frozen"] == ["backbone"]

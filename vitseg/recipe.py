@@ -54,6 +54,10 @@ class Recipe:
             patch embedding; ``k + 1``: block ``k``; ``num_layers + 1``: everything else), and 1-D
             parameters and biases get no weight decay. ``None``: not used.
         layer_decay_num_layers: the ``num_layers`` of that rule (the backbone's depth).
+        frozen: submodules (vitseg names, e.g. ``"backbone"``) the source trained on as fixed features:
+            :func:`vitseg.train.fit` gives their parameters no gradient and leaves them out of the optimizer
+            (no backward pass through them: faster, and their activations are not kept), and keeps them in
+            eval mode.
 
     Schedule (stepped once per iteration, mmengine's ``LinearLR`` then ``PolyLR``):
         warmup_iters: iterations of linear warm-up from ``lr * warmup_start_factor`` (0: none).
@@ -100,6 +104,7 @@ class Recipe:
     custom_keys: Mapping[str, ParamRule] = field(default_factory=dict)
     layer_decay_rate: float | None = None
     layer_decay_num_layers: int | None = None
+    frozen: tuple[str, ...] = ()
     warmup_iters: int = 0
     warmup_start_factor: float = 1e-6
     poly_power: float = 1.0
@@ -139,6 +144,9 @@ class Recipe:
             raise ValueError("Recipe.layer_decay_rate and layer_decay_num_layers go together")
         if self.layer_decay_rate is not None and self.custom_keys:
             raise ValueError("mmseg's layer-decay constructor ignores custom_keys: give one or the other")
+        if isinstance(self.frozen, str) or not all(isinstance(n, str) and n for n in self.frozen):
+            raise TypeError(f"Recipe.frozen must be a tuple of submodule names, e.g. ('backbone',), got "
+                            f"{self.frozen!r}")
         for key, rule in self.custom_keys.items():
             if not isinstance(rule, ParamRule):
                 raise TypeError(f"Recipe.custom_keys[{key!r}] must be a ParamRule, got {type(rule).__name__}")

@@ -47,7 +47,7 @@ from timm.models.vision_transformer import Block
 
 from .._registry import Family, Weights, ZooEntry, register_model
 from ..data import DINOV2_MS_640, DINOV2_SLIDE_512
-from ..recipe import ParamRule, Recipe
+from ..recipe import Recipe
 from .segmentor import Segmentor
 from .vit import VisionTransformer, tiny_vit
 
@@ -248,11 +248,12 @@ _FACTS = (
 def _recipe(head: str) -> Recipe:
     # The configs' schedule (copies named in the notes): AdamW 1e-3, wd 1e-4, 1500 linear warm-up iterations,
     # linear decay to 0 over 40k iterations, 2 images x 8 GPUs, SyncBN; the backbone is frozen (DINOv2's
-    # segmentor does not hold it as parameters; here its lr and decay are 0). Linear: 512 crops of images
-    # rescaled from a 512 short side by 0.5-2.0; ms: 640 crops, 1.0-3.0 (from the ms train pipeline's copies).
+    # segmentor does not hold it as parameters: no gradient reaches it, the optimizer has the head only).
+    # Linear: 512 crops of images rescaled from a 512 short side by 0.5-2.0; ms: 640 crops, 1.0-3.0 (from the ms
+    # train pipeline's copies).
     short, ratio = (512, (0.5, 2.0)) if head == "linear" else (640, (1.0, 3.0))
     return Recipe(
-        optimizer="adamw", lr=1e-3, weight_decay=1e-4, custom_keys={"backbone": ParamRule(lr_mult=0.0, decay_mult=0.0)},
+        optimizer="adamw", lr=1e-3, weight_decay=1e-4, frozen=("backbone",),
         warmup_iters=1500, warmup_start_factor=1e-6, poly_power=1.0, poly_eta_min=0.0, iters=40_000, batch_size=2,
         num_gpus=8, crop_size=(short, short), scale=(99999999, short), ratio_range=ratio, cat_max_ratio=0.75,
         aux_loss_weight=0.0, source=f"dinov2_vitb14_ade20k_{head}_config.py (copies: see the entry's notes)",

@@ -4,6 +4,7 @@
 * :func:`build_optimizer` -- parameter groups by mmseg's constructor rules (custom keys on mmseg's names,
   layer-wise lr decay);
 * :func:`build_scheduler` -- mmengine's ``LinearLR`` + ``PolyLR``, stepped once per iteration;
+* :func:`train_mode` -- ``model.train()`` with the parts the recipe freezes held fixed;
 * :func:`compute_loss` -- the decode and auxiliary cross-entropies as mmseg's ``model.loss`` + ``parse_losses``;
 * :func:`fit` -- the whole loop: data pipeline, AMP, accumulation, checkpoints, resume, evaluation, DDP.
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 _API = {
     "get_recipe": ".recipes", "has_auxiliary_head": ".recipes",
     "build_optimizer": ".optim", "build_scheduler": ".optim", "lr_at": ".optim", "mmseg_param_name": ".optim",
+    "train_mode": ".optim",
     "compute_loss": ".loss",
     "fit": ".loop",
 }
@@ -27,7 +29,7 @@ __all__ = list(_API)
 if TYPE_CHECKING:
     from .loop import fit
     from .loss import compute_loss
-    from .optim import build_optimizer, build_scheduler, lr_at, mmseg_param_name
+    from .optim import build_optimizer, build_scheduler, lr_at, mmseg_param_name, train_mode
     from .recipes import get_recipe, has_auxiliary_head
 
 

@@ -79,6 +79,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="mixed precision (default: the recipe's; fp32 turns it off)")
     p.add_argument("--grad-accum", metavar="N", type=positive,
                    help="iterations per optimizer step (default: the recipe's)")
+    p.add_argument("--freeze", metavar="MODULE", action="append",
+                   help="hold a part of the model fixed and train the rest, e.g. --freeze backbone (repeatable; "
+                        "--freeze none trains everything; default: the recipe's, which freezes DINOv2's backbone)")
     p.add_argument("--workers", metavar="N", type=non_negative, default=None,
                    help="DataLoader processes that augment ahead of the model (default: up to 4)")
     p.add_argument("--seed", metavar="N", type=non_negative, default=0,
@@ -97,8 +100,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def recipe_with_overrides(recipe: Recipe, *, iters: int | None = None, batch_size: int | None = None,
                           crop_size: tuple[int, int] | None = None, lr: float | None = None,
                           warmup_iters: int | None = None, amp: str | None = None,
-                          grad_accum: int | None = None) -> Recipe:
-    """``recipe`` with the command line's overrides (``None``: unchanged; ``amp="fp32"``: no mixed precision).
+                          grad_accum: int | None = None, freeze: list[str] | None = None) -> Recipe:
+    """``recipe`` with the command line's overrides (``None``: unchanged; ``amp="fp32"``: no mixed precision;
+    ``freeze=["none"]``: nothing frozen).
 
     A new ``iters`` moves the decay end with it (proportionally when the recipe's decay ended early) and clamps
     the recipe's warm-up to a tenth of the run; a new ``crop_size`` scales ``scale`` by the same factor.
@@ -126,6 +130,10 @@ def recipe_with_overrides(recipe: Recipe, *, iters: int | None = None, batch_siz
             changes[name] = value
     if amp is not None:
         changes["amp"] = None if amp == "fp32" else amp
+    if freeze is not None:
+        if "none" in freeze and len(freeze) > 1:
+            raise ValueError(f"--freeze none trains everything; it cannot go with --freeze {' '.join(freeze)}.")
+        changes["frozen"] = () if freeze == ["none"] else tuple(dict.fromkeys(freeze))
     return dataclasses.replace(recipe, **changes)
 
 
@@ -217,7 +225,7 @@ def run(args: argparse.Namespace) -> None:
     model = _create(args, train.num_classes, class_names)
     recipe = recipe_with_overrides(get_recipe(model), iters=args.iters, batch_size=args.batch_size,
                                    crop_size=args.crop_size, lr=args.lr, warmup_iters=args.warmup_iters,
-                                   amp=args.amp, grad_accum=args.grad_accum)
+                                   amp=args.amp, grad_accum=args.grad_accum, freeze=args.freeze)
     fit(model, train, recipe=recipe, out=out, val_data=val, device=device, seed=args.seed,
         num_workers=args.workers, checkpoint_interval=args.checkpoint_interval,
         eval_interval=args.eval_interval, resume=args.resume)

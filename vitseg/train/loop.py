@@ -61,7 +61,7 @@ from ..eval.evaluate import evaluate
 from ..models.segmentor import Segmentor
 from ..recipe import Recipe
 from .loss import compute_loss
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, frozen_modules, train_mode
 
 __all__ = ["fit", "TrainingDiverged", "InfiniteSampler", "sample_seed", "find_checkpoint", "eval_preprocess"]
 
@@ -220,7 +220,8 @@ def _check_same_run(state: dict[str, Any], path: Path, model: nn.Module, recipe:
                          f"({', '.join(saved['class_names'][:5])}…), this run has {now['num_classes']} "
                          f"({', '.join(now['class_names'][:5])}…). Resume with the classes the run started with.")
     before, after = json.loads(state["recipe"]), json.loads(_recipe_json(recipe))
-    changed = [k for k in sorted(after) if before.get(k) != after[k]]
+    # a setting newer than the checkpoint ran at its default, which is off (empty, None, 0)
+    changed = [k for k in sorted(after) if (before[k] != after[k] if k in before else bool(after[k]))]
     if changed:
         diffs = ", ".join(f"{k}={before.get(k)!r} (now {after[k]!r})" for k in changed[:6])
         raise ValueError(f"--resume: {path} was trained with {diffs}. Resume with the settings the run started "
@@ -375,10 +376,14 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
     # Checks first: nothing is written unless the run can start.
     _check_out(out, resume)
     _check_data(model, recipe, data, val_data)
+    frozen = frozen_modules(model, recipe)
     state = _resume_state(out, model, recipe) if resume else None
 
     rank, world, owns_group = dist_context(torch.device(device) if device is not None else None)
+    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
+        for module in frozen:  # before DistributedDataParallel takes the parameters that need a gradient
+            module.requires_grad_(False)
         run = _Run(model, recipe, out=out, device=_resolve_device(device, owns_group), rank=rank, world=world,
                    seed=seed, checkpoint_interval=checkpoint_interval or max(1, recipe.iters // 10),
                    log_interval=log_interval)
@@ -396,6 +401,8 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
         run.train(loader, progress=progress, callback=callback,
                   evaluate=None if val_data is None else (val_data, val_pre, eval_interval))
     finally:
+        for name, p in model.named_parameters():  # the caller's model, as it came (fit holds modules fixed)
+            p.requires_grad_(grad_flags[name])
         if owns_group:
             import torch.distributed as dist
             dist.destroy_process_group()
@@ -506,7 +513,7 @@ class _Run:
         batches = iter(loader) if self.iteration < iters else None
         meter = _Meter()
         try:
-            self.model.train()
+            train_mode(self.model, self.recipe)
             while self.iteration < iters:
                 t0 = time.perf_counter()
                 images, labels = next(batches)
@@ -572,8 +579,8 @@ class _Run:
         return values
 
     def evaluate(self, val_data: Any, preprocess: Preprocess) -> None:
-        self.best = _evaluate_and_keep_best(self.model, val_data, preprocess, self.device, self.iteration,
-                                            self.best, self.out, self.log, self.main)
+        self.best = _evaluate_and_keep_best(self.model, self.recipe, val_data, preprocess, self.device,
+                                            self.iteration, self.best, self.out, self.log, self.main)
 
     def checkpoint(self) -> None:
         """Write ``checkpoints/iter_N.pt`` (rank 0), unless a weight is no longer finite."""
@@ -639,15 +646,15 @@ def _window_grads(model: nn.Module, world: int) -> dict[str, torch.Tensor]:
     return {n: g.cpu() for n, g in grads.items()}
 
 
-def _evaluate_and_keep_best(model: nn.Module, val_data: Any, preprocess: Preprocess, device: torch.device,
-                            iteration: int, best: dict | None, out: Path, log: _Log | None, main: bool
-                            ) -> dict | None:
+def _evaluate_and_keep_best(model: nn.Module, recipe: Recipe, val_data: Any, preprocess: Preprocess,
+                            device: torch.device, iteration: int, best: dict | None, out: Path, log: _Log | None,
+                            main: bool) -> dict | None:
     """Evaluate (every process its share), log, and save ``out/best`` when the mIoU improves."""
     # evaluation draws no training randomness: its DataLoader would otherwise take a seed from torch's
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         results = evaluate(model, val_data, device=device, preprocess=preprocess, num_workers=0,
                            progress=False, verbose=False)
-    model.train()
+    train_mode(model, recipe)
     summary = {k: (None if results[k] != results[k] else results[k]) for k in ("mIoU", "mAcc", "aAcc")}
     improved = summary["mIoU"] is not None and (best is None or summary["mIoU"] > best["mIoU"])
     if improved:

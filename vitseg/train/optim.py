@@ -26,7 +26,8 @@ from ..convert.mmseg import MMSEG_RULES
 from ..models.segmentor import Segmentor
 from ..recipe import Recipe
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_at", "mmseg_param_name", "param_settings"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_at", "mmseg_param_name", "param_settings", "frozen_modules",
+           "train_mode"]
 
 Rule = tuple[str, Optional[str]]
 
@@ -130,13 +131,16 @@ def _layer_id(mm_name: str, num_layers: int) -> int:
 def param_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[float, float]]:
     """``{vitseg name: (lr, weight_decay)}`` that mmseg's optimizer constructor gives each parameter.
 
-    Parameters mmseg leaves out of the optimizer (frozen ones, where rules apply) are absent.
+    Parameters mmseg leaves out of the optimizer (``requires_grad=False`` ones, where rules apply) are absent,
+    and so are those of the submodules ``recipe.frozen`` holds fixed.
     """
     names = _mmseg_names(model)
+    fixed = tuple(f"{m}." for m in recipe.frozen)
+    params = [(name, p) for name, p in model.named_parameters() if not name.startswith(fixed)]
     out: dict[str, tuple[float, float]] = {}
     if recipe.layer_decay_rate is not None:
         depth = recipe.layer_decay_num_layers
-        for name, p in model.named_parameters():
+        for name, p in params:
             if not p.requires_grad:
                 continue
             mm = names[name]
@@ -146,9 +150,9 @@ def param_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[float, f
             out[name] = (recipe.lr * scale, 0.0 if no_decay else recipe.weight_decay)
         return out
     if not recipe.custom_keys:
-        return {name: (recipe.lr, recipe.weight_decay) for name, _ in model.named_parameters()}
+        return {name: (recipe.lr, recipe.weight_decay) for name, _ in params}
     keys = sorted(sorted(recipe.custom_keys), key=len, reverse=True)
-    for name, p in model.named_parameters():
+    for name, p in params:
         if not p.requires_grad:
             continue
         rule = next((recipe.custom_keys[k] for k in keys if k in names[name]), None)
@@ -157,6 +161,31 @@ def param_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[float, f
         else:
             out[name] = (recipe.lr * rule.lr_mult, recipe.weight_decay * rule.decay_mult)
     return out
+
+
+def frozen_modules(model: nn.Module, recipe: Recipe) -> list[nn.Module]:
+    """The submodules ``recipe.frozen`` names (refused with the model's own parts when one is missing)."""
+    out = []
+    for name in recipe.frozen:
+        try:
+            out.append(model.get_submodule(name))
+        except AttributeError:
+            parts = ", ".join(n for n, _ in model.named_children())
+            raise ValueError(f"Recipe.frozen names '{name}', which this model does not have; its parts are "
+                             f"{parts}.") from None
+    return out
+
+
+def train_mode(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """``model.train()`` as the recipe trains it: the parts ``recipe.frozen`` names are held fixed (eval mode,
+    ``requires_grad=False``, so no backward pass runs through them). Returns ``model``.
+
+    :func:`vitseg.train.fit` calls it; call it instead of ``model.train()`` in a loop of your own.
+    """
+    model.train()
+    for module in frozen_modules(getattr(model, "module", model), recipe):  # DistributedDataParallel
+        module.eval().requires_grad_(False)
+    return model
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
