@@ -2,6 +2,7 @@
 
     python examples/finetune.py                                  # tiny random-weight model, seconds on a CPU
     python examples/finetune.py --pretrained --steps 2000        # start from the ADE20K weights
+    python examples/finetune.py --model dinov2_linear_vit_b14_ade20k --pretrained   # a head on frozen DINOv2
 
 ``create_model(name, num_classes=N)`` keeps every pretrained tensor except the classifier's
 class-sized ones, which start fresh. ``fit`` trains with the entry's recipe (mmseg's optimizer and
@@ -102,6 +103,8 @@ def main() -> None:
     recipe = dataclasses.replace(get_recipe(args.model), iters=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  warmup_iters=args.steps // 10, crop_size=(s, s), scale=(4 * s, s), amp=None,
                                  grad_accum=1)
+    if recipe.frozen:  # DINOv2's heads: the backbone stays as it is, only the head learns
+        print(f"The recipe holds {', '.join(recipe.frozen)} fixed; the rest of the model trains.")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
         write_folder(data, 32, s, seed=0)

@@ -60,6 +60,15 @@ def test_finetune_then_evaluate_folder(tmp_path) -> None:
     assert miou > 34.0  # better than predicting background everywhere (26.0 mIoU on this data)
 
 
+def test_finetune_a_head_on_a_frozen_dinov2_backbone(tmp_path) -> None:
+    out = run_example("finetune.py", "--model", "dinov2_linear_vit_s14_ade20k", "--steps", "40", "--lr", "3e-3",
+                      cwd=str(tmp_path))
+    assert "The recipe holds backbone fixed" in out
+    first, last = map(float, re.search(r"first \d+ steps ([\d.]+) -> last \d+ steps ([\d.]+)", out).groups())
+    assert last < 0.9 * first
+    assert float(re.search(r"mIoU on 8 new images: ([\d.]+)", out).group(1)) > 34.0  # background only: 26.0
+
+
 def test_evaluate_folder_random_model(tmp_path) -> None:
     out = run_example("evaluate_folder.py", "--num-images", "3", cwd=str(tmp_path))
     assert re.search(r"^mIoU [\d.]+ .*\(3 images\)$", out, re.M)
