@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from vitseg._registry import NAME_RE
 from vitseg.convert import FORMATS
 
 NAMES = vitseg.list_models()
+ONE_PER_FAMILY = list({vitseg.get_entry(n).family.name: n for n in reversed(NAMES)}.values())
 
 
 def tiny_model(name: str) -> torch.nn.Module:
@@ -84,6 +86,23 @@ def test_torch_compile_captures_one_graph(name: str) -> None:
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.inference_mode():
         assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_onnx_export_matches_pytorch(name: str, tmp_path) -> None:
+    """``torch.onnx.export`` (the TorchScript exporter, fixed input size) of an input that needs padding and a
+    resized position table; onnxruntime's logits equal PyTorch's."""
+    ort = pytest.importorskip("onnxruntime")
+    model = tiny_model(name).eval()
+    x = torch.randn(1, 3, *input_size(model, (45, 75)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on the shapes it fixes: the export is for one size
+        torch.onnx.export(model, (x,), tmp_path / "m.onnx", dynamo=False, opset_version=17)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.inference_mode():
+        want = model(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("name", ["upernet_vit_b16_mln_ade20k", "dpt_vit_b16_ade20k", "segmenter_mask_vit_t16_ade20k"])

@@ -114,8 +114,9 @@ class DINOv2(VisionTransformer):
         side = self.grid_size[0]
         pos = self.pos_embed.float()
         patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, N, C) -> (1, C, s, s)
-        # the scale factor, not the size, drives the kernel's sampling positions (DINOv2's offset kludge)
-        scale = ((grid[0] + self.interpolate_offset) / side, (grid[1] + self.interpolate_offset) / side)
+        # the scale factor, not the size, drives the kernel's sampling positions (DINOv2's offset kludge); plain
+        # floats, as DINOv2 computes them (a traced export fixes the grid, whose sizes are tensors there)
+        scale = tuple((float(g) + self.interpolate_offset) / side for g in grid)
         patches = F.interpolate(patches, scale_factor=scale, mode="bicubic", antialias=False)
         if tuple(patches.shape[-2:]) != tuple(grid):
             raise ValueError(f"Position table resized to {tuple(patches.shape[-2:])}, not the {grid} token grid")
