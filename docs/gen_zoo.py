@@ -68,7 +68,10 @@ def zoo_table() -> str:
     for r in zoo_rows():
         lines.append(f"| `{r['model']}` | {r['head']} | {r['backbone']} | {r['params']} | {r['test']} | "
                      f"{r['miou']} | {r['ms']} | {r['weights']} |")
-    notes = [(name, vitseg.get_entry(name).notes) for name in vitseg.list_models() if vitseg.get_entry(name).notes]
+    notes: dict[str, list[str]] = {}  # note -> the entries that carry it, each note once
+    for name in vitseg.list_models():
+        if vitseg.get_entry(name).notes:
+            notes.setdefault(vitseg.get_entry(name).notes, []).append(name)
     lines += [
         "",
         f"{len(vitseg.list_models(pretrained=True))} checkpoints of {len(vitseg.list_models())} architectures. "
@@ -79,7 +82,7 @@ def zoo_table() -> str:
         "¹ No released checkpoint: the architecture alone.",
     ]
     if notes:
-        lines += ["", "Notes:", ""] + [f"- `{name}`: {text}" for name, text in notes]
+        lines += ["", "Notes:", ""] + [f"- {', '.join(f'`{n}`' for n in names)}: {text}" for text, names in notes.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,24 @@ with this family's renames (``mlp.w12`` / ``mlp.w3`` -> ``fc1`` / ``fc2``, ``mas
 mmseg's for the head (``decode_head.bn``, ``decode_head.conv_seg``): the released ``*_head.pth`` loads as
 ``mmseg``. A zoo checkpoint is the head file and the backbone file, combined at download
 (:attr:`vitseg.Weights.parts`).
+
+Where the protocol and recipe facts come from (Meta's ``*_config.py`` files are published only beside the
+weights, on dl.fbaipublicfiles.com; what could be read of them is from copies in other repositories):
+
+* the linear head's ``out_indices`` (last 4 blocks), ``in_index=[3]``, channels = width, slide 512/341 and
+  schedule: a copy of ``dinov2_vitb14_{ade20k,voc2012}_linear_config.py`` in Jiawei-Yang/Denoising-ViT
+  (``evaluation/configs/vitb_*_linear_config.py``, data paths and resize edited), applied to S/L/g by depth;
+* the linear train resize ``(99999999, 512)``: a copy of Meta's ADE20K linear config that keeps Meta's internal
+  data root (its test section not visible). The edited copy tests at ``(2048, 512)``, which gives the same size
+  to every image whose long side is at most 4 times its short side;
+* the ms head reading all 4 levels: a loader that strictly loads ``dinov2_vits14_ade20k_ms_head.pth`` into a
+  BatchNorm of 4 x 384, and the paper ("the patch tokens of the 4 last layers");
+* the ms test pipeline, mmcv's ``(99999999, 640)`` short-side resize at ratios 1.0, 1.32, 1.73, 2.28, 3.0 with
+  flip: the untouched test section of a copy of an ms config whose train / val sections and model were
+  rewritten for another dataset. That copy slides 64/32 windows over 64-pixel images; the 640/320 window
+  here is that scaling (and a third-party summary's), not read from Meta's file. The ms config's batch size
+  could not be read either (the copies change it): the linear one's is used;
+* the mIoUs: the paper's Table 10.
 """
 from __future__ import annotations
 
@@ -226,24 +244,11 @@ _SIZES = {"s": (DINOV2_S14, 22_056_192), "b": (DINOV2_B14, 86_579_712), "l": (DI
 _NUM_CLASSES = {"ade20k": 150, "voc2012": 21}
 _PREPROCESS = {"linear": DINOV2_SLIDE_512, "ms": DINOV2_MS_640}
 
-_FACTS = (
-    "DINOv2's frozen backbone and its released head (Apache-2.0), combined at download. Facts and where they come "
-    "from: forward, centred padding, norm on every level, no class token: the notebook and DinoVisionTransformer "
-    "(fetched repository). out_indices (last 4 blocks), in_index [3] and channels = width for the linear head, and "
-    "its slide 512/341: a copy of Meta's dinov2_vitb14_{dataset}_linear_config.py in Jiawei-Yang/Denoising-ViT "
-    "(evaluation/configs/vitb_{dataset}_linear_config.py, data paths edited), applied to S/L/g by depth. The ms "
-    "head reading all 4 levels (BatchNorm of 4 x width, no class token): a third-party loader that strictly loads "
-    "dinov2_vits14_ade20k_ms_head.pth into a BatchNorm of 384 x 4 (found by code search, repository not named "
-    "there), and the paper (\"patch tokens of the 4 last layers\"). The ms test pipeline, mmcv's (99999999, 640) "
-    "short-side resize at ratios 1.0, 1.32, 1.73, 2.28, 3.0 with flip: the test section of a third-party copy of an "
-    "ms config whose train / val sections and model were rewritten for another dataset (that copy slides 64/32 "
-    "windows over its 64-pixel images; 640/320 for the 640 short side is its scaling and a third-party summary's, "
-    "not read from Meta's file). The linear train pipeline's (99999999, 512) resize: a copy of Meta's ADE20K linear "
-    "config that keeps Meta's internal data root (found by code search, repository not named there; its test "
-    "section was not visible); the edited copy above tests at (2048, 512), which gives the same size to every "
-    "image whose long side is at most 4 times its short side. The config files themselves "
-    "(dl.fbaipublicfiles.com) were not reachable. DINOv2 has no published SHA-256 and its file names carry no hash: "
-    "the downloads are checked to be checkpoints and load strictly, but their SHA-256 is not yet recorded. {extra}"
+_NOTES = (
+    "DINOv2's frozen backbone and its released head (Apache-2.0), combined at download. The test protocol and the "
+    "recipe come from copies of Meta's configs (the files themselves are published only beside the weights); "
+    "docs/parity.md lists which fact comes from where{inferred}. DINOv2 has no published SHA-256: the first download "
+    "is checked to load strictly and its SHA-256 is kept for later reads.{extra}"
 )
 
 
@@ -281,12 +286,13 @@ def _register(size: str, head: Literal["linear", "ms"], dataset: str) -> None:
     preset, num_params = _SIZES[size]
     depth = preset["depth"]
     out_indices = (depth - 1,) if head == "linear" else tuple(range(depth - 4, depth))
-    extra = ("The ms head's mIoU is multi-scale + flip, the protocol of its config: evaluate with tta=True "
-             "(ratios from the entry's preprocess)." if head == "ms" else "")
+    extra = (" The mIoU is multi-scale + flip, the only protocol of the ms config: evaluate with tta=True (the "
+             "ratios come with the entry's preprocess)." if head == "ms" else "")
     if dataset == "voc2012":
         extra += (" VOC 2012: the val split (1,449 images of ImageSets/Segmentation/val.txt), 21 classes with "
                   "background, ignore 255: vitseg.eval.open_dataset('voc2012', ROOT) reads the VOC2012 folder as that "
                   "list gives it.")
+    inferred = ("; the 640/320 sliding window is inferred, not read" if head == "ms" else "")
     register_model(ZooEntry(
         name=f"dinov2_{head}_vit_{size}14_{dataset}",
         family=DINOV2_HEADS,
@@ -298,7 +304,7 @@ def _register(size: str, head: Literal["linear", "ms"], dataset: str) -> None:
         dataset=dataset,
         source=_SOURCE.format(name=f"dinov2_vit{size}14", cfg=f"{dataset}_{head}"),
         recipe=_recipe(head),
-        notes=_FACTS.format(dataset=dataset, extra=extra).strip(),
+        notes=_NOTES.format(inferred=inferred, extra=extra),
     ))
 
 
