@@ -341,3 +341,26 @@ def test_cli_freeze_trains_the_heads_only(data, saved, tmp_path) -> None:
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("decode_head.") for k in moved)
     assert json.loads((run / "config.json").read_text())["recipe"]["frozen"] == ["backbone"]
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_it_off(data, tmp_path) -> None:
+    """A checkpoint written before a recipe setting existed ran with that setting off: resuming with it off
+    is the same run, with it on is not."""
+    train, _ = _splits(data)
+    recipe = _recipe(4, LN_ONLY)
+    run = tmp_path / "run"
+    fit(_model(LN_ONLY), train, recipe=recipe, out=run, num_workers=0, checkpoint_interval=2, progress=False)
+    path = run / "checkpoints" / "iter_2.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    older = json.loads(state["recipe"])
+    del older["frozen"]
+    state["recipe"] = json.dumps(older, sort_keys=True)
+    torch.save(state, path)
+    (run / "checkpoints" / "iter_4.pt").unlink()
+    (run / "checkpoints" / "last").unlink()
+    with pytest.raises(ValueError, match=r"frozen=None \(now \['backbone'\]\)"):
+        fit(_model(LN_ONLY), train, recipe=dataclasses.replace(recipe, frozen=("backbone",)), out=run, resume=True,
+            num_workers=0, checkpoint_interval=2, progress=False)
+    fit(_model(LN_ONLY), train, recipe=recipe, out=run, resume=True, num_workers=0, checkpoint_interval=2,
+        progress=False)
+    assert find_checkpoint(run).name == "iter_4.pt"
