@@ -345,7 +345,8 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
         data: the training set, items ``{"img": (H, W, 3) uint8 RGB, "label": (H, W) ints}`` with
             ``num_classes`` (e.g. :func:`vitseg.readers.open_dataset`); augmented by the recipe's pipeline.
         recipe: how to train (:func:`vitseg.train.get_recipe`, changed with ``dataclasses.replace``);
-            ``recipe.batch_size`` is per process.
+            ``recipe.batch_size`` is per process. The parts ``recipe.frozen`` names (DINOv2's backbone) are
+            held fixed for the run: no gradient, not in the optimizer, eval mode.
         out: the run folder; must be empty or missing unless ``resume``.
         val_data: a dataset evaluated with :func:`vitseg.evaluate` every ``eval_interval`` iterations and at
             the end; the best model is kept in ``out/best``.
