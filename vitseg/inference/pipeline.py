@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 
@@ -251,20 +251,28 @@ def _resize_uint8_numpy(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
-def resize_uint8(img: np.ndarray, size: tuple[int, int], *, backend: Backend = "auto") -> np.ndarray:
-    """Bilinear resize of an (H, W, C) uint8 image to ``size = (w, h)``, as ``cv2.resize(INTER_LINEAR)``."""
-    import numpy as np
-
+def _resize(img: np.ndarray, size: tuple[int, int], backend: Backend, cv2_flag: str,
+            numpy_resize: Callable[[np.ndarray, int, int], np.ndarray]) -> np.ndarray:
+    """``cv2.resize(img, size, interpolation=cv2.<cv2_flag>)`` on the OpenCV backend, else
+    ``numpy_resize(img, width, height)``, its numpy twin; a copy when the size is already ``size = (w, h)``."""
     width, height = int(size[0]), int(size[1])
     if width <= 0 or height <= 0:
         raise ValueError(f"Target size must be positive, got (w, h) = {size}")
     if resolve_backend(backend) == "opencv":
         import cv2
 
-        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(img, (width, height), interpolation=getattr(cv2, cv2_flag))
     if img.shape[:2] == (height, width):
         return img.copy()
-    return _resize_uint8_numpy(np.ascontiguousarray(img), width, height)
+    return numpy_resize(img, width, height)
+
+
+def resize_uint8(img: np.ndarray, size: tuple[int, int], *, backend: Backend = "auto") -> np.ndarray:
+    """Bilinear resize of an (H, W, C) uint8 image to ``size = (w, h)``, as ``cv2.resize(INTER_LINEAR)``."""
+    import numpy as np
+
+    return _resize(img, size, backend, "INTER_LINEAR",
+                   lambda im, w, h: _resize_uint8_numpy(np.ascontiguousarray(im), w, h))
 
 
 def normalize(img: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -332,17 +340,12 @@ def resize_float64(img: np.ndarray, size: tuple[int, int], *, backend: Backend =
     The numpy path does what OpenCV does for float64 images: a horizontal then a vertical 4-tap pass, summed
     in double with float32 weights, taps clamped at the borders, no clipping.
     """
+    return _resize(img, size, backend, "INTER_CUBIC", _resize_float64_numpy)
+
+
+def _resize_float64_numpy(img: np.ndarray, width: int, height: int) -> np.ndarray:
     import numpy as np
 
-    width, height = int(size[0]), int(size[1])
-    if width <= 0 or height <= 0:
-        raise ValueError(f"Target size must be positive, got (w, h) = {size}")
-    if resolve_backend(backend) == "opencv":
-        import cv2
-
-        return cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
-    if img.shape[:2] == (height, width):
-        return img.copy()
     xi, xw = _cubic_taps(width, img.shape[1])
     yi, yw = _cubic_taps(height, img.shape[0])
     xw, yw = xw.astype(np.float64), yw.astype(np.float64)
