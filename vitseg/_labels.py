@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["distinct_values", "out_of_range", "label_problem"]
+__all__ = ["distinct_values", "outside", "out_of_range", "label_problem"]
 
 
 def distinct_values(label: Any) -> np.ndarray:
@@ -21,9 +21,14 @@ def distinct_values(label: Any) -> np.ndarray:
     return np.unique(label)
 
 
+def outside(label: Any, num_classes: int, ignore_index: int) -> Any:
+    """The mask of values outside ``0..num_classes-1`` that are not ``ignore_index`` (numpy or torch, any device)."""
+    return ((label < 0) | (label >= num_classes)) & (label != ignore_index)
+
+
 def out_of_range(values: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
     """The entries of ``values`` outside ``0..num_classes-1`` that are not ``ignore_index``."""
-    return values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
+    return values[outside(values, num_classes, ignore_index)]
 
 
 def label_problem(label: Any, where: str, num_classes: int, ignore_index: int, *, reduce_zero_label: bool = False,

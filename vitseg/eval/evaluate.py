@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._distributed import dist_context, pick_device
 from .._io import check_writable
-from .._labels import label_problem
+from .._labels import label_problem, outside
 from ..inference.pipeline import Backend, rescale_uint8
 from ..inference.postprocess import DEFAULT_MAX_BYTES
 from ..inference.predict import check_batch_size, label_map, resolve_preprocess
@@ -62,7 +62,7 @@ class _Prepared(torch.utils.data.Dataset):
 def _label_problem(item: dict[str, Any], index: int, num_classes: int, ignore_index: int,
                    reduce_zero_label: bool) -> str | None:
     label = item["label"]
-    if not bool(((label != ignore_index) & ((label < 0) | (label >= num_classes))).any()):  # the common case, fast
+    if not bool(outside(label, num_classes, ignore_index).any()):  # the common case, without the message's work
         return None
     where = f"label {item.get('label_path') or item.get('path') or f'of image {index}'}"
     return label_problem(label.numpy(), where, num_classes, ignore_index, reduce_zero_label=reduce_zero_label)

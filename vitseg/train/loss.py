@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._labels import label_problem
+from .._labels import label_problem, outside
 from ..recipe import Recipe
 
 __all__ = ["compute_loss", "seg_cross_entropy", "pixel_accuracy"]
@@ -38,7 +38,7 @@ def _check_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, i
     if labels.ndim != 3 or labels.shape[0] != images.shape[0] or labels.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"labels must be (B, H, W) matching the images {tuple(images.shape)}, got "
                          f"{tuple(labels.shape)}")
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    bad = outside(labels, num_classes, ignore_index)
     if bool(bad.any()):
         raise ValueError(label_problem(labels[bad].cpu().numpy(), "the training batch", num_classes, ignore_index))
 
