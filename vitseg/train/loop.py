@@ -377,14 +377,13 @@ def fit(model: nn.Module, data: Any, *, recipe: Recipe, out: str | os.PathLike, 
     # Checks first: nothing is written unless the run can start.
     _check_out(out, resume)
     _check_data(model, recipe, data, val_data)
-    frozen = frozen_modules(model, recipe)
+    frozen_modules(model, recipe)  # a part the model lacks is refused here
     state = _resume_state(out, model, recipe) if resume else None
 
     rank, world, owns_group = dist_context(torch.device(device) if device is not None else None)
     grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        for module in frozen:  # before DistributedDataParallel takes the parameters that need a gradient
-            module.requires_grad_(False)
+        train_mode(model, recipe)  # frozen parts fixed before DistributedDataParallel takes the trainable ones
         run = _Run(model, recipe, out=out, device=_resolve_device(device, owns_group), rank=rank, world=world,
                    seed=seed, checkpoint_interval=checkpoint_interval or max(1, recipe.iters // 10),
                    log_interval=log_interval)

@@ -135,8 +135,8 @@ def param_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[float, f
     and so are those of the submodules ``recipe.frozen`` holds fixed.
     """
     names = _mmseg_names(model)
-    fixed = tuple(f"{m}." for m in recipe.frozen)
-    params = [(name, p) for name, p in model.named_parameters() if not name.startswith(fixed)]
+    fixed = {id(p) for module in frozen_modules(model, recipe) for p in module.parameters()}
+    params = [(name, p) for name, p in model.named_parameters() if id(p) not in fixed]
     out: dict[str, tuple[float, float]] = {}
     if recipe.layer_decay_rate is not None:
         depth = recipe.layer_decay_num_layers
