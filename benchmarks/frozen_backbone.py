@@ -12,8 +12,8 @@ a step is ``compute_loss``, backward, the optimizer step and ``zero_grad``, as `
 
 Each mode runs in a fresh process. Reported per mode: the median seconds per step, the bytes autograd keeps
 for the backward pass (every tensor saved by the forward, counted once per storage, through
-``torch.autograd.graph.saved_tensors_hooks``), and the peak memory growth over the timed steps
-(``train_bench.PeakMemory``: CUDA ``max_memory_allocated``, CPU peak RSS). The two modes' head weights after
+``torch.autograd.graph.saved_tensors_hooks`` in the first, untimed step), and the peak memory growth over the
+timed steps (``train_bench.PeakMemory``: CUDA ``max_memory_allocated``, CPU peak RSS). The two modes' head weights after
 the steps are compared (max abs difference), so the table also shows that freezing changes nothing but cost.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _saved_bytes(fn) -> tuple[Any, int]:
     return out, sum(seen.values())
 
 
-def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+def run_mode(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Build the model, time ``--reps`` steps after ``--warmup``; the result and the head weights."""
     import vitseg
     from vitseg.train import build_optimizer, compute_loss, train_mode
@@ -81,27 +81,32 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
                                       args.seed)
     images, labels = images.to(device), labels.to(device)
 
-    def step() -> float:
+    def step(measure: bool = False) -> tuple[float, int | None]:
+        """One training step: its seconds, and with ``measure`` the bytes saved for backward (an untimed step:
+        the hook's bookkeeping stays out of the timings)."""
         sync(device)
         t0 = time.perf_counter()
-        losses, saved = _saved_bytes(lambda: compute_loss(model, images, labels, recipe))
+        if measure:
+            losses, saved = _saved_bytes(lambda: compute_loss(model, images, labels, recipe))
+        else:
+            losses, saved = compute_loss(model, images, labels, recipe), None
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
-        step.saved = saved
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, saved
 
-    for _ in range(args.warmup):
+    _, saved = step(measure=True)  # also the first warm-up step
+    for _ in range(args.warmup - 1):
         step()
     memory = PeakMemory(device)
-    seconds = [step() for _ in range(args.reps)]
+    seconds = [step()[0] for _ in range(args.reps)]
     head = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
     return dict(model=args.model, mode=args.mode, device=str(device), threads=args.threads,
                 batch=images.shape[0], crop=list(images.shape[-2:]), seconds=statistics.median(seconds),
-                all_seconds=seconds, saved_bytes=step.saved, peak_bytes=memory.since_reset(),
+                all_seconds=seconds, saved_bytes=saved, peak_bytes=memory.since_reset(),
                 optimized=sum(p.numel() for g in optimizer.param_groups for p in g["params"]),
-                steps=args.warmup + args.reps), head
+                steps=max(args.warmup, 1) + args.reps), head
 
 
 def render(results: list[dict[str, Any]], head_diff: float | None, command: str) -> str:
@@ -133,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--batch", type=int, default=None, help="images per step (default: the recipe's)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones (at least 1: the "
+                   "first one counts the bytes saved for backward)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the markdown table here")
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # child process
